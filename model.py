@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 NUM_FEATURES = 32
 NUM_CURVE_STEPS = 8
@@ -228,6 +227,8 @@ def load_imagenet_resnet50(source="imagenet", download_timeout=20.0):
     cached, 'imagenet' warns once and falls back to random initialisation: never a crash or a hang.
     Returns (model, description).
     """
+    import torchvision  # here, not at the top: it costs 1.4 s of start-up that test.py never needs
+
     model = torchvision.models.resnet50(weights=None)
     if source == "random":
         return model, "random initialisation (--seg_backbone random)"

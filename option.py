@@ -59,6 +59,7 @@ def get_train_parser():
     g.add_argument("--num_epochs", type=positive_int, default=100, help="epochs to train (in total, counting resumed ones)")
     g.add_argument("--train_batch_size", type=positive_int, default=6, help="images per step (per process under torchrun)")
     g.add_argument("--seed", type=int, default=1143, help="seed for shuffling and initialisation")
+    g.add_argument("--max_steps", type=int, default=0, help="stop (with a checkpoint) after this many steps in total; 0 = no limit")
     add_bool(g, "amp", False, "mixed precision: bfloat16 autocast on CPU, fp16 (with loss scaling) or bf16 on CUDA")
     g = p.add_argument_group("loss (the paper's weights by default)")
     g.add_argument("--tv_weight", type=float, default=1600.0, help="illumination smoothness (TV of the curve map)")
@@ -89,5 +90,93 @@ def get_test_parser():
     p.add_argument("--input_dir", default="data/test_data", help="an image, or a folder searched recursively")
     p.add_argument("--test_dir", default="test_output", help="output folder; the input tree is mirrored under it")
     p.add_argument("--weight_dir", default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)")
+    g = add_model_args(p, scale_factor=12)
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="fp32: exact. bf16: the network under bfloat16 autocast (the curve stays fp32; results within "
+                        "2/255), which pays off on GPUs and on CPUs with AVX512-BF16 or AMX (recent Xeon/EPYC) and is "
+                        "slower on other CPUs. fp16: CUDA only")
+    p.add_argument("--max_mpix", type=float, default=200,
+                   help="refuse images above this many megapixels (read from the header: decompression bombs)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="images in flight at once (threads that read, enhance and write); 0 = one per CPU core")
+    return p
+
+
+def temporal_smoothing(value):
+    a = float(value)
+    if not 0.0 <= a < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a weight in [0, 1), got {value!r}")
+    return a
+
+
+def get_video_parser():
+    p = argparse.ArgumentParser(description="Enhance a low-light video with SGZ: frames stream from the decoder through the "
+                                            "network to the encoder, sound and timing kept. --choice V2I | I2V split a "
+                                            "video into numbered frames or join frames into a video (the official workflow).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--choice", default="enhance", choices=["enhance", "V2I", "I2V"],
+                   help="enhance: video -> enhanced video; V2I: video -> frames in --image_lowlight_folder; "
+                        "I2V: frames in --image_folder (sorted numerically) -> video")
+    p.add_argument("--video_path", default="demo/Movie/Ari.mp4",
+                   help="input video (enhance, V2I); for I2V the video whose frame rate the joined video takes")
+    p.add_argument("--save_path", default="",
+                   help="output video; default INPUT_enhanced.mp4 beside the input (enhance) or IMAGE_FOLDER.mp4 (I2V)")
+    p.add_argument("--image_lowlight_folder", default="data/test_data/Frames",
+                   help="V2I: folder for the frames (0.jpg, 1.jpg, ...) or a printf pattern such as frames/%%05d.png")
+    p.add_argument("--image_folder", default="data/test_output/Frames", help="I2V: folder of frames to join")
+    p.add_argument("--fps", type=float, default=None,
+                   help="I2V: frame rate of the joined video (default: that of --video_path if it exists, else 30)")
+    p.add_argument("--weight_dir", default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 is exact; bf16 (autocast) pays off on GPUs and CPUs with AVX512-BF16 or AMX; fp16: CUDA only")
+    p.add_argument("--temporal_smoothing", type=temporal_smoothing, nargs="?", const=0.8, default=0.0, metavar="ALPHA",
+                   help="smooth the curve map across frames (exponential moving average, ALPHA = weight of the past; "
+                        "0.8 when given alone) against flicker; 0 enhances every frame on its own, as the paper")
+    p.add_argument("--crf", type=int, default=18, help="H.264 quality (libx264 constant rate factor; lower is better, 18 ~ visually lossless)")
+    p.add_argument("--preset", default="medium", help="libx264 speed/size preset (ultrafast ... veryslow)")
     add_model_args(p, scale_factor=12)
+    return p
+
+
+def get_demo_parser():
+    p = argparse.ArgumentParser(description="Serve a web page where anyone tries SGZ on their own photo: upload (or pick a "
+                                            "sample), compare before/after, download the result. Local and offline.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens the page to your network")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on; 0 picks a free one")
+    p.add_argument("--weight_dir", default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 is exact; bf16 autocast (CPU, CUDA) and fp16 (CUDA) are faster")
+    p.add_argument("--samples_dir", default="data/test_data",
+                   help="the first images of this folder (if it exists) are offered as samples beside the built-in ones")
+    g = p.add_argument_group("limits (protect the server's memory)")
+    g.add_argument("--max_upload_mb", type=float, default=40.0, help="largest upload in megabytes")
+    g.add_argument("--max_mpix", type=float, default=40.0, help="largest image in megapixels (read from the header)")
+    g.add_argument("--max_network_megapixels", type=float, default=1.0,
+                   help="largest copy the network may run on (H*W/s^2 megapixels): scale factors that need more are refused")
+    add_model_args(p, scale_factor=12)
+    return p
+
+
+def get_evaluate_parser():
+    p = argparse.ArgumentParser(description="Quality numbers (PSNR, SSIM, LPIPS, NIQE, brightness) and comparison pictures "
+                                            "for enhanced images. Files are matched across folders by their path without "
+                                            "extension (DICM/01.jpg <-> DICM/01.png).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--pred_dir", nargs="+", required=True, metavar="DIR",
+                   help="folder of enhanced images, searched recursively; several folders (one per method) are compared side by side")
+    p.add_argument("--labels", nargs="+", metavar="NAME", help="a name per --pred_dir for tables and pictures (default: the folder names)")
+    p.add_argument("--gt_dir", metavar="DIR", help="ground truth: adds PSNR, SSIM (and LPIPS) of every other folder against it")
+    p.add_argument("--input_dir", metavar="DIR",
+                   help="the low-light inputs: scored as a baseline row, first column of the grids, 'before' of the histogram")
+    p.add_argument("--out_dir", default="eval_output", help="where per_image.csv, summary.md, summary.json and the pictures go")
+    add_bool(p, "crop", False, "where sizes differ, compare the common top-left region (the official test script crops to "
+                               "multiples of 12); without it a size mismatch is an error")
+    add_bool(p, "niqe", True, "NIQE (MATLAB release's model, read from the basicsr package: pip install --no-deps basicsr==1.4.2)")
+    add_bool(p, "lpips", True, "LPIPS (AlexNet) against --gt_dir when the lpips package and torchvision's AlexNet weights "
+                               "are on this machine; nothing is downloaded")
+    add_bool(p, "grid", False, "write side-by-side comparison images (input | methods | ground truth) to OUT_DIR/grid "
+                               "and a brightness histogram plot to OUT_DIR/brightness_histogram.png")
+    p.add_argument("--grid_height", type=positive_int, default=360, help="height of each picture in the grids, pixels")
+    p.add_argument("--device", default="auto", help="for LPIPS: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     return p

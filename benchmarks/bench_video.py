@@ -1,0 +1,135 @@
+"""How fast demo/make_video.py enhances a 720p clip, against the floor measured in the same run:
+decoding and re-encoding the same clip with the same codec settings (libx264, --crf, --preset) and
+no enhancement (the bar: at most 2.5x). Also the flicker of the output with and without
+--temporal_smoothing: the mean absolute frame-to-frame change of mean brightness.
+
+    python benchmarks/bench_video.py                          # 90 frames, fp32 and bf16, medians of 1
+    python benchmarks/bench_video.py --repeat 3 --frames 150
+
+The clips are made here from a real 1080p low-light photo in ../shared (a synthetic gradient without
+it), with fresh sensor noise in every frame as in a night video: a slow pan (timed, and flicker), and
+a still scene under a lamp wavering by +-5% (flicker only). Other processes on the machine make
+single timings noisy: use --repeat and read the ratios.
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "demo"))
+import dataloader  # noqa: E402
+import make_video as mv  # noqa: E402
+from test import Tester, available_cpus  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+WIDTH, HEIGHT, FPS = 1280, 720, 30
+
+
+def get_bench_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--photo", default=str(SHARED / "data" / "test_data" / "real" / "435_0_.png"))
+    p.add_argument("--weight_dir", default=str(SHARED / "reference" / "sgz_official_Epoch99.pth"))
+    p.add_argument("--frames", type=int, default=90, help="length of the 720p clip (at 30 fps)")
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--crf", type=int, default=18)
+    p.add_argument("--preset", default="medium")
+    p.add_argument("--smoothing", type=float, default=0.8, help="--temporal_smoothing weight for the flicker comparison")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each configuration (interleaved); medians reported")
+    return p
+
+
+def scene(photo_path):
+    """A dark 1080p picture to pan across: the photo, or a gradient when ../shared is absent."""
+    if Path(photo_path).is_file():
+        image = dataloader.read_image(photo_path)[0][..., :3]
+        if image.shape[0] >= HEIGHT + 100 and image.shape[1] >= WIDTH + 300:
+            return image
+    y, x = np.mgrid[0:1080, 0:1920]
+    return np.stack([x * 60 // 1920, y * 50 // 1080, (x + y) * 40 // 3000], axis=-1).astype(np.uint8)
+
+
+def make_clip(path, photo_path, frames, crf, preset, pan=True, lamp_flicker=0.0):
+    """A 720p clip of the scene: panning slowly, or still under a lamp whose brightness wavers by
+    +-lamp_flicker; fresh sensor noise in every frame."""
+    picture, rng = scene(photo_path), np.random.default_rng(0)
+    time_base = Fraction(1, FPS)
+    with mv.video_writer(path) as out:
+        stream = mv.add_h264_stream(out, WIDTH, HEIGHT, FPS, time_base, crf, preset)
+        for i in range(frames):
+            top, left = (50 + i * 50 // frames, 100 + i * 200 // frames) if pan else (50, 100)
+            crop = picture[top:top + HEIGHT, left:left + WIDTH] * (1 + lamp_flicker * np.sin(2.1 * i))
+            noisy = np.clip(crop + rng.normal(0, 2.5, crop.shape), 0, 255).astype(np.uint8)
+            out.mux(stream.encode(mv.to_video_frame(noisy, stream, i, time_base)))
+        out.mux(stream.encode(None))
+
+
+def transcode(src, dst, crf, preset):
+    """The floor: decode and re-encode with the same settings, frames passed straight through."""
+    with mv.open_video(src) as inp, mv.video_writer(dst) as out:
+        vin = inp.streams.video[0]
+        vout = mv.add_h264_stream(out, vin.codec_context.width, vin.codec_context.height, vin.average_rate,
+                                  vin.time_base, crf, preset, vin.codec_context)
+        for frame in mv.decoded(inp, src, [vin]):
+            frame.pict_type = 0  # let the encoder choose the frame type, as it does for enhanced frames
+            out.mux(vout.encode(frame))
+        out.mux(vout.encode(None))
+
+
+def timed(fn):
+    """(wall seconds, CPU seconds of this process, all its threads)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def flicker_line(name, tester, src, out, smoothing, crf, preset):
+    plain = mv.enhance_video(tester, src, out, 0.0, crf, preset)
+    smooth = mv.enhance_video(tester, src, out, smoothing, crf, preset)
+    return (f"{name:<28}{plain['flicker_in']:>8.3f}{plain['flicker_out']:>8.3f} ({plain['flicker_out'] / plain['flicker_in']:.2f}x)"
+            f"{smooth['flicker_out']:>8.3f} ({smooth['flicker_out'] / smooth['flicker_in']:.2f}x)")
+
+
+def main(args):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src, lamp = tmp / "pan.mp4", tmp / "lamp.mp4"
+        make_clip(src, args.photo, args.frames, args.crf, args.preset)
+        make_clip(lamp, args.photo, 30, args.crf, args.preset, pan=False, lamp_flicker=0.05)
+        testers = {p: Tester(args.weight_dir, 12, args.device, p) for p in args.precision}
+        times = {name: [] for name in ["transcode", *args.precision]}
+        for _ in range(args.repeat):
+            times["transcode"].append(timed(lambda: transcode(src, tmp / "plain.mp4", args.crf, args.preset)))
+            for precision, tester in testers.items():
+                times[precision].append(timed(lambda: mv.enhance_video(tester, src, tmp / "out.mp4", 0.0, args.crf,
+                                                                       args.preset)))
+        first = args.precision[0]
+        flicker = [flicker_line(f"pan, {args.frames} frames", testers[first], src, tmp / "out.mp4", args.smoothing,
+                                args.crf, args.preset),
+                   flicker_line("still, lamp +-5%, 30 frames", testers[first], lamp, tmp / "out.mp4", args.smoothing,
+                                args.crf, args.preset)]
+
+    floor, floor_cpu = (statistics.median(t[i] for t in times["transcode"]) for i in (0, 1))
+    print(f"\n{args.frames} frames {WIDTH}x{HEIGHT}, libx264 crf {args.crf} preset {args.preset}, "
+          f"device {testers[first].device}, {available_cpus()} CPUs, medians of {args.repeat}")
+    print(f"{'run':<28}{'seconds':>9}{'frames/s':>10}{'x floor':>9}{'CPU s':>8}{'x floor':>9}")
+    for name, values in times.items():
+        label = "decode + re-encode (floor)" if name == "transcode" else f"enhance {name}"
+        seconds, cpu = (statistics.median(t[i] for t in values) for i in (0, 1))
+        verdict = "" if name == "transcode" else ("  meets the 2.5x bar" if seconds <= 2.5 * floor else "  misses the 2.5x bar")
+        print(f"{label:<28}{seconds:>9.2f}{args.frames / seconds:>10.1f}{seconds / floor:>9.2f}{cpu:>8.2f}"
+              f"{cpu / floor_cpu:>9.2f}{verdict}")
+    print(f"\nflicker ({first}): mean |change| of mean brightness frame to frame (0-255); output also as x the input's")
+    print(f"{'clip':<28}{'input':>8}{'output':>16}{f'smoothing {args.smoothing}':>16}")
+    print("\n".join(flicker))
+
+
+if __name__ == "__main__":
+    main(get_bench_parser().parse_args())

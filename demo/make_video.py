@@ -1,0 +1,319 @@
+"""Enhance a low-light video with SGZ, or split / join frames for the official frames workflow.
+
+    python demo/make_video.py --video_path night.mp4 --save_path night_sgz.mp4 [--temporal_smoothing]
+    python demo/make_video.py --choice V2I --video_path night.mp4 --image_lowlight_folder frames
+    python demo/make_video.py --choice I2V --image_folder enhanced --save_path night_sgz.mp4 --video_path night.mp4
+
+Enhancing streams every frame from the decoder through the network to the encoder (PyAV: FFmpeg
+inside its wheel), so nothing but the output goes to disk and memory stays constant however long
+the clip. Each frame keeps its timestamp (variable frame rates and the duration survive), audio
+packets are copied unchanged, and the rotation and colour tags are carried over. The output is
+written to a temporary file and renamed when complete.
+"""
+import contextlib
+import re
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, from any working directory
+
+import av
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataloader import atomic_output, find_images, load_rgb, write_image
+from option import get_video_parser
+from test import Tester, available_cpus
+
+
+class VideoError(Exception):
+    """A video that cannot be read or written; the message is one line for the user."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+def open_video(path):
+    """An input container with a video stream, or VideoError saying what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"video not found: {path} (give an existing file, e.g. --video_path clip.mp4)")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path} is not a readable video ({e.strerror}): not a video file, or a damaged or "
+                         "truncated one") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path} holds no video stream; give a video file")
+    return container
+
+
+def decoded(container, path, streams):
+    """Audio packets and decoded video frames of `streams`, in file order. FFmpeg's errors become
+    one VideoError, and so does a video that stops before its header says it ends."""
+    video, count, last_pts = container.streams.video[0], 0, None
+    try:
+        for packet in container.demux(*streams):
+            if packet.stream.type == "video":
+                for frame in packet.decode():
+                    count, last_pts = count + 1, frame.pts
+                    yield frame
+            elif packet.dts is not None:  # demux ends each stream with an empty flush packet
+                yield packet
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path} is damaged or truncated ({e.strerror}); re-download or re-export it") from None
+    if ends_early(video, count, last_pts):
+        raise VideoError(f"{path} is damaged or truncated: it stops after {count} of {video.frames} frames; "
+                         "re-download or re-export it")
+
+
+def ends_early(stream, count, last_pts):
+    """A file cut at a packet boundary just ends, without an error. Fewer frames than the header
+    counts is no proof alone (an edit list can hide frames of a complete file), so the last frame
+    must also lie more than 1.5 frame intervals before the stream's end."""
+    if not stream.frames or count >= stream.frames:
+        return False
+    if last_pts is None or not stream.duration:
+        return True
+    end = (stream.start_time or 0) + stream.duration
+    return (end - last_pts) * stream.time_base > 1.5 / (stream.average_rate or stream.guessed_rate or 30)
+
+
+def first_frame(path):
+    """The first video frame: its side data says how the video is rotated, which the output's
+    header must repeat before anything is written."""
+    with open_video(path) as container:
+        for frame in decoded(container, path, container.streams.video[:1]):
+            return frame
+    raise VideoError(f"{path} holds no decodable video frame; give a video file")
+
+
+def display_matrix(frame):
+    """The frame's display matrix (rotation, flips) as FFmpeg's 9 ints, or None."""
+    side_data = frame.side_data.get("DISPLAYMATRIX")
+    return None if side_data is None else np.frombuffer(bytes(side_data), dtype=np.int32).tolist()
+
+
+def to_rgb(frame):
+    """(H, W, 3) uint8 RGB, converted with the frame's own matrix and range (BT.709, full range, ...)."""
+    return frame.to_ndarray(format="rgb24")
+
+
+def upright(rgb, frame):
+    """Pixels turned the way a player shows them, for frame files (images carry no display matrix)."""
+    return np.ascontiguousarray(np.rot90(rgb, k=round(frame.rotation / 90)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+def add_h264_stream(container, width, height, rate, time_base, crf, preset, colour=None):
+    """A libx264 stream. 4:2:0 needs even sides; odd sizes use 4:4:4 so the output keeps the
+    input's exact width and height. `colour`: a codec context or frame whose tags to repeat."""
+    stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+    stream.codec_context.time_base = stream.time_base = time_base
+    if colour is not None:
+        for tag in ("colorspace", "color_range", "color_primaries", "color_trc"):
+            setattr(stream.codec_context, tag, getattr(colour, tag))
+    return stream
+
+
+def to_video_frame(rgb, stream, pts, time_base):
+    """An RGB array as a frame in the stream's pixel format, converted with the matrix and range
+    the stream is tagged with (so a BT.709 input comes back BT.709)."""
+    cc = stream.codec_context
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+        format=cc.pix_fmt, dst_colorspace=cc.colorspace, dst_color_range=cc.color_range)
+    frame.pts, frame.time_base = pts, time_base
+    return frame
+
+
+@contextlib.contextmanager
+def video_writer(path):
+    """An output container on a temporary file beside `path`, renamed to `path` when the block
+    completes and removed if it fails; FFmpeg's errors become one VideoError naming the output."""
+    with atomic_output(path) as tmp:
+        try:
+            container = av.open(str(tmp), "w")
+        except ValueError:  # FFmpeg guesses the format from the extension
+            raise VideoError(f"cannot write {path}: no video format has the extension '{Path(path).suffix}'; "
+                             "use .mp4, .mkv or .mov") from None
+        try:
+            with container:
+                yield container
+        except av.error.FFmpegError as e:
+            raise VideoError(f"cannot write {path} ({e.strerror}); try another extension (.mp4, .mkv, .mov)") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Enhancing
+# ---------------------------------------------------------------------------------------------
+class CurveMapEMA:
+    """A map_filter for Tester.enhance_array: exponential moving average of the low-res curve map
+    across frames, m_t = alpha * m_{t-1} + (1 - alpha) * r_t, so the curve cannot jump from frame
+    to frame. One instance per video (the first frame starts the average)."""
+
+    def __init__(self, alpha):
+        self.alpha, self.state = alpha, None
+
+    def __call__(self, curve_map):  # (1, 3, h, w)
+        if self.state is None:
+            self.state = curve_map.clone()
+        else:
+            self.state.mul_(self.alpha).add_(curve_map, alpha=1 - self.alpha)
+        return self.state
+
+
+@contextlib.contextmanager
+def network_threads(count):
+    """torch's thread count for a block. The encoder runs its own threads meanwhile; torch threads on
+    top of them wait on each other at every op (5-10x slower on a busy 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class FlickerMeter:
+    """Flicker of a frame sequence: the mean absolute frame-to-frame change of mean brightness (0-255),
+    kept as running sums so that a long clip needs no per-frame list."""
+
+    def __init__(self):
+        self.previous, self.total, self.changes = None, 0.0, 0
+
+    def add(self, rgb):
+        brightness = sum(cv2.mean(rgb)[:3]) / 3  # 6x faster than numpy's mean
+        if self.previous is not None:
+            self.total += abs(brightness - self.previous)
+            self.changes += 1
+        self.previous = brightness
+
+    @property
+    def value(self):
+        return self.total / self.changes if self.changes else 0.0
+
+
+def enhance_video(tester, src, dst, temporal_smoothing=0.0, crf=18, preset="medium"):
+    """Enhance `src` into `dst` frame by frame with `tester` (a test.Tester). Returns a summary:
+    frames, size, audio codecs, and the flicker of the input and the output."""
+    matrix = display_matrix(first_frame(src))
+    map_filter = CurveMapEMA(temporal_smoothing) if temporal_smoothing > 0 else None
+    flicker_in, flicker_out = FlickerMeter(), FlickerMeter()
+    frames = next_pts = 0
+    with open_video(src) as inp, video_writer(dst) as out, network_threads(max(1, available_cpus() // 2)):
+        vin = inp.streams.video[0]
+        rate = vin.average_rate or vin.guessed_rate or 30
+        vout = add_h264_stream(out, vin.codec_context.width, vin.codec_context.height, rate, vin.time_base, crf, preset,
+                               vin.codec_context)
+        vout.set_display_matrix(matrix)
+        audio = {a.index: out.add_stream_from_template(a) for a in inp.streams.audio}
+        with tqdm(total=vin.frames or None, unit="frame", desc=Path(src).name, dynamic_ncols=True) as bar:
+            for item in decoded(inp, src, [vin, *inp.streams.audio]):
+                if isinstance(item, av.Packet):
+                    item.stream = audio[item.stream.index]
+                    out.mux(item)
+                    continue
+                rgb = to_rgb(item)
+                enhanced = tester.enhance_array(rgb, map_filter=map_filter)
+                flicker_in.add(rgb)
+                flicker_out.add(enhanced)
+                # Raw streams (.h264) carry no timestamps: such frames follow each other.
+                pts = item.pts if item.pts is not None else next_pts
+                next_pts = pts + (item.duration or round(1 / (rate * vin.time_base)))
+                out.mux(vout.encode(to_video_frame(enhanced, vout, pts, vin.time_base)))
+                frames += 1
+                bar.update()
+        tail = vout.encode(None)
+        if tail and vin.duration:  # the last frame lasts as long as in the input (else the muxer guesses 1/fps)
+            tail[-1].duration = (vin.start_time or 0) + vin.duration - pts
+        out.mux(tail)
+    return {"frames": frames, "width": vout.width, "height": vout.height,
+            "audio": [a.codec_context.name for a in audio.values()],
+            "flicker_in": flicker_in.value, "flicker_out": flicker_out.value}
+
+
+# ---------------------------------------------------------------------------------------------
+# The official frames workflow
+# ---------------------------------------------------------------------------------------------
+def frame_path_pattern(folder):
+    """'frames' -> 'frames/%d.jpg' (the official names); a printf pattern is used as it is."""
+    return str(folder) if "%" in str(folder) else str(Path(folder) / "%d.jpg")
+
+
+def video_to_frames(src, pattern):
+    """Every frame of `src`, upright, as pattern % 0, pattern % 1, ... Returns the frame count.
+    A folder that already holds images is refused: old frames would be overwritten, or joined later."""
+    folder = Path(pattern % 0).parent
+    if folder.is_dir() and find_images(folder):
+        raise VideoError(f"{folder} already holds images; give an empty or new folder for the frames")
+    count = 0
+    with open_video(src) as inp:
+        vin = inp.streams.video[0]
+        for frame in tqdm(decoded(inp, src, [vin]), total=vin.frames or None, unit="frame", desc="V2I"):
+            write_image(pattern % count, upright(to_rgb(frame), frame))
+            count += 1
+    return count
+
+
+def numeric_order(path):
+    """Sort key that puts 2.jpg before 10.jpg (numbers compared as numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def video_frame_rate(path):
+    with open_video(path) as inp:
+        vin = inp.streams.video[0]
+        return vin.average_rate or vin.guessed_rate
+
+
+def frames_to_video(folder, dst, fps, crf=18, preset="medium"):
+    """Join the images under `folder` (sorted numerically) into a video at `fps`. Returns the count."""
+    paths = sorted(find_images(folder), key=numeric_order)
+    if not paths:
+        raise VideoError(f"no frames found in {folder}; give the folder of images with --image_folder")
+    rate = Fraction(fps).limit_denominator(1001)
+    first = load_rgb(paths[0])
+    with video_writer(dst) as out:
+        stream = add_h264_stream(out, first.width, first.height, rate, 1 / rate, crf, preset)
+        for i, path in enumerate(tqdm(paths, unit="frame", desc="I2V")):
+            rgb = np.asarray(load_rgb(path))
+            if rgb.shape[:2] != (first.height, first.width):
+                raise VideoError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, the other frames {first.width}x{first.height}; "
+                                 "all frames of a video must have one size")
+            out.mux(stream.encode(to_video_frame(rgb, stream, i, 1 / rate)))
+        out.mux(stream.encode(None))
+    return len(paths)
+
+
+def main(args):
+    if args.choice == "V2I":
+        count = video_to_frames(args.video_path, frame_path_pattern(args.image_lowlight_folder))
+        print(f"wrote {count} frames to {args.image_lowlight_folder}")
+    elif args.choice == "I2V":
+        fps = args.fps or (video_frame_rate(args.video_path) if Path(args.video_path).is_file() else 30)
+        dst = args.save_path or str(Path(args.image_folder)) + ".mp4"
+        count = frames_to_video(args.image_folder, dst, fps, args.crf, args.preset)
+        print(f"wrote {dst}: {count} frames at {float(fps):g} fps")
+    else:
+        dst = args.save_path or str(Path(args.video_path).with_name(Path(args.video_path).stem + "_enhanced.mp4"))
+        open_video(args.video_path).close()  # a bad video fails before the network loads
+        tester = Tester(args.weight_dir, args.scale_factor, args.device, args.precision)
+        s = enhance_video(tester, args.video_path, dst, args.temporal_smoothing, args.crf, args.preset)
+        audio = f"audio copied ({', '.join(s['audio'])})" if s["audio"] else "no audio"
+        print(f"wrote {dst}: {s['frames']} frames, {s['width']}x{s['height']}, {audio}; flicker (mean |change| of "
+              f"brightness frame to frame): input {s['flicker_in']:.3f}, output {s['flicker_out']:.3f}")
+
+
+if __name__ == "__main__":
+    try:
+        main(get_video_parser().parse_args())
+    except (VideoError, ValueError, OSError) as e:  # bad video or weights, unwritable output
+        sys.exit(f"error: {e}")

@@ -1,0 +1,324 @@
+"""Video: demo/make_video.py and test_video.sh on small clips made here at run time with PyAV."""
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from model import EnhanceNet
+from option import get_video_parser
+
+sys.path.insert(0, str(ROOT / "demo"))
+import make_video as mv  # noqa: E402
+
+FPS = 24
+AUDIO_RATE = 44100
+BT709_FULL_RANGE = SimpleNamespace(colorspace=1, color_range=2, color_primaries=1, color_trc=1)
+
+
+def clip_frame(i, width, height):
+    """A dark frame: colour ramps across, brightness rising with i (so frame order is visible)."""
+    img = np.empty((height, width, 3), np.uint8)
+    img[..., 0] = np.linspace(5, 90, width, dtype=np.uint8)[None]
+    img[..., 1] = 15 + (4 * i) % 200
+    img[..., 2] = np.linspace(10, 60, height, dtype=np.uint8)[:, None]
+    return img
+
+
+def make_clip(path, width=96, height=64, frames=12, audio=True, rotation=0, gaps=None, colour=None):
+    """An H.264 MP4 (plus an AAC track): `gaps` (ms between frames, cycled) makes it variable-rate."""
+    time_base = Fraction(1, 1000) if gaps else Fraction(1, FPS)
+    with mv.video_writer(path) as out:
+        video = mv.add_h264_stream(out, width, height, FPS, time_base, 18, "ultrafast", colour)
+        video.set_display_rotation(rotation)
+        if audio:
+            sound = out.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
+        pts = 0
+        for i in range(frames):
+            out.mux(video.encode(mv.to_video_frame(clip_frame(i, width, height), video, pts, time_base)))
+            pts += gaps[i % len(gaps)] if gaps else 1
+        out.mux(video.encode(None))
+        seconds = float(pts * time_base)
+        for start in range(0, int(seconds * AUDIO_RATE), 1024) if audio else ():
+            tone = 0.1 * np.sin(2 * np.pi * 440 * (start + np.arange(1024)) / AUDIO_RATE, dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = AUDIO_RATE, start
+            out.mux(sound.encode(frame))
+        if audio:
+            out.mux(sound.encode(None))
+    return Path(path)
+
+
+def describe(path):
+    """What must survive enhancement: geometry, frames with their times, duration, rate, audio bytes."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = list(c.decode(v))
+        info = {"size": (v.codec_context.width, v.codec_context.height), "frames": len(frames),
+                "times": [float(f.pts * f.time_base) for f in frames], "rotation": frames[0].rotation,
+                "duration": float(v.duration * v.time_base), "rate": v.average_rate}
+    with av.open(str(path)) as c:  # demux() with no stream would read them all
+        info["audio"] = [bytes(p) for p in c.demux(c.streams.audio) if p.dts is not None] if c.streams.audio else []
+    return info
+
+
+def decode_rgb(path):
+    with av.open(str(path)) as c:
+        return [mv.to_rgb(f) for f in c.decode(video=0)]
+
+
+class Identity:
+    """Stands in for the Tester where only the plumbing is under test."""
+
+    def enhance_array(self, image, strength=1.0, map_filter=None):
+        return image.copy()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "sgz.pth"
+    torch.manual_seed(0)
+    torch.save(EnhanceNet().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tester(weights):
+    from test import Tester
+    return Tester(str(weights), scale_factor=12, device="cpu")
+
+
+def leftovers(folder, keep=()):
+    return sorted(p.name for p in Path(folder).iterdir() if p.name not in keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# Enhancing keeps everything but the pixels
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("width,height,audio", [(96, 64, True), (97, 65, False)])
+def test_enhanced_video_keeps_size_frames_timing_and_audio(tmp_path, tester, width, height, audio):
+    src = make_clip(tmp_path / "in.mp4", width, height, audio=audio)
+    summary = mv.enhance_video(tester, src, tmp_path / "out.mp4")
+    before, after = describe(src), describe(tmp_path / "out.mp4")
+    assert after == before  # size, frame count and times, duration, rate, audio packets byte for byte
+    assert bool(before["audio"]) == audio and summary["audio"] == (["aac"] if audio else [])
+    assert summary["frames"] == 12 and (summary["width"], summary["height"]) == (width, height)
+    expected = [tester.enhance_array(f) for f in decode_rgb(src)]
+    got = decode_rgb(tmp_path / "out.mp4")
+    assert max(np.abs(g.astype(int) - e).mean() for g, e in zip(got, expected)) < 3  # codec loss only
+    assert leftovers(tmp_path) == ["in.mp4", "out.mp4"]  # no frame files, no temporary file
+
+
+def test_variable_frame_rate_timestamps_and_duration_survive(tmp_path):
+    src = make_clip(tmp_path / "vfr.mp4", gaps=[30, 50, 70])
+    mv.enhance_video(Identity(), src, tmp_path / "out.mp4")
+    before, after = describe(src), describe(tmp_path / "out.mp4")
+    assert np.diff(before["times"]).round(3).tolist()[:3] == [0.03, 0.05, 0.07]
+    assert after == before
+
+
+def test_rotation_is_carried_over(tmp_path):
+    src = make_clip(tmp_path / "rot.mp4", rotation=90, audio=False)
+    mv.enhance_video(Identity(), src, tmp_path / "out.mp4")
+    after = describe(tmp_path / "out.mp4")
+    assert after["rotation"] == 90 and after["size"] == (96, 64)
+
+
+def test_colour_matrix_and_range_are_kept(tmp_path):
+    """A BT.709 full-range clip comes back with its tags and colours (the encoder's default BT.601
+    limited-range conversion would shift them by 20+ levels)."""
+    src = make_clip(tmp_path / "709.mp4", audio=False, colour=BT709_FULL_RANGE)
+    mv.enhance_video(Identity(), src, tmp_path / "out.mp4", crf=0)
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        frame = next(c.decode(video=0))
+        assert (frame.colorspace, frame.color_range) == (1, 2)
+    assert max(np.abs(a.astype(int) - b).max() for a, b in zip(decode_rgb(src), decode_rgb(tmp_path / "out.mp4"))) <= 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporal smoothing
+# ---------------------------------------------------------------------------------------------
+def test_curve_map_ema_averages_across_frames():
+    ema = mv.CurveMapEMA(0.75)
+    first = torch.full((1, 3, 2, 2), 0.4)
+    assert torch.equal(ema(first), first)  # the first frame starts the average
+    assert torch.allclose(ema(torch.full((1, 3, 2, 2), -0.4)), torch.full((1, 3, 2, 2), 0.2))
+    assert torch.equal(first, torch.full((1, 3, 2, 2), 0.4))  # the caller's map is not changed
+
+
+def test_temporal_smoothing_changes_later_frames_only(tmp_path, tester):
+    class Recording:
+        def __init__(self):
+            self.outputs = []
+
+        def enhance_array(self, image, strength=1.0, map_filter=None):
+            self.outputs.append(tester.enhance_array(image, strength, map_filter))
+            return self.outputs[-1]
+
+    src = make_clip(tmp_path / "in.mp4", audio=False)
+    plain, smooth = Recording(), Recording()
+    plain_summary = mv.enhance_video(plain, src, tmp_path / "plain.mp4")
+    smooth_summary = mv.enhance_video(smooth, src, tmp_path / "smooth.mp4", temporal_smoothing=0.8)
+    assert np.array_equal(plain.outputs[0], smooth.outputs[0])
+    assert not np.array_equal(plain.outputs[-1], smooth.outputs[-1])
+    assert describe(tmp_path / "smooth.mp4")["times"] == describe(src)["times"]
+    assert plain_summary["flicker_in"] == smooth_summary["flicker_in"] > 0
+
+
+def test_flicker_is_mean_absolute_change_of_mean_brightness():
+    meter = mv.FlickerMeter()
+    for level in [10, 12, 11, 11]:
+        frame = np.full((4, 6, 3), level, np.uint8)
+        frame[0, 0] = (level + 6, level, level)  # one brighter pixel: 6/72 on the mean
+        meter.add(frame)
+    assert meter.value == pytest.approx(1.0)
+    single = mv.FlickerMeter()
+    single.add(np.zeros((2, 2, 3), np.uint8))
+    assert single.value == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one clear error, nothing left under the output's name
+# ---------------------------------------------------------------------------------------------
+def truncated_clip(tmp_path):
+    data = make_clip(tmp_path / "whole.mp4", frames=24).read_bytes()
+    path = tmp_path / "truncated.mp4"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def not_a_video(tmp_path):
+    path = tmp_path / "notes.mp4"
+    path.write_text("these are not frames\n" * 50)
+    return path
+
+
+@pytest.mark.parametrize("make_bad,message", [(lambda d: d / "missing.mp4", "video not found"),
+                                              (not_a_video, "is not a readable video"),
+                                              (truncated_clip, "damaged or truncated")])
+def test_bad_input_raises_one_line_and_writes_nothing(tmp_path, make_bad, message):
+    src = make_bad(tmp_path)
+    with pytest.raises(mv.VideoError, match=message) as e:
+        mv.enhance_video(Identity(), src, tmp_path / "out.mp4")
+    assert "\n" not in str(e.value) and str(src) in str(e.value)
+    assert not list(tmp_path.glob("*out*"))
+
+
+def test_video_cut_mid_stream_is_reported_as_truncated(tmp_path):
+    """With its index at the front (faststart) a cut file opens, then runs out of data."""
+    plain, whole = make_clip(tmp_path / "plain.mp4", frames=24), tmp_path / "whole.mp4"
+    with av.open(str(plain)) as i, av.open(str(whole), "w", options={"movflags": "faststart"}) as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for packet in i.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                o.mux(packet)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    with pytest.raises(mv.VideoError, match="damaged or truncated"):
+        mv.enhance_video(Identity(), cut, tmp_path / "out.mp4")
+    assert not list(tmp_path.glob("*out*"))
+
+
+def test_failed_run_keeps_an_existing_output(tmp_path):
+    old = tmp_path / "out.mp4"
+    old.write_bytes(b"yesterday's result")
+    with pytest.raises(mv.VideoError):
+        mv.enhance_video(Identity(), not_a_video(tmp_path), old)
+    assert old.read_bytes() == b"yesterday's result"
+    assert leftovers(tmp_path) == ["notes.mp4", "out.mp4"]
+
+
+def test_interrupted_run_leaves_no_file(tmp_path):
+    class Interrupted:
+        def enhance_array(self, image, strength=1.0, map_filter=None):
+            raise KeyboardInterrupt
+
+    src = make_clip(tmp_path / "in.mp4")
+    with pytest.raises(KeyboardInterrupt):
+        mv.enhance_video(Interrupted(), src, tmp_path / "out.mp4")
+    assert leftovers(tmp_path) == ["in.mp4"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The official frames workflow
+# ---------------------------------------------------------------------------------------------
+def test_v2i_writes_upright_numbered_frames_and_i2v_joins_them_in_numeric_order(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", rotation=90, audio=False)
+    frames = tmp_path / "frames"
+    assert mv.video_to_frames(src, mv.frame_path_pattern(frames)) == 12
+    names = sorted(p.name for p in frames.iterdir())
+    assert names == sorted(f"{i}.jpg" for i in range(12))
+    from PIL import Image
+    with Image.open(frames / "0.jpg") as im:
+        assert im.size == (64, 96)  # turned upright: the display matrix said 90 degrees
+    with pytest.raises(mv.VideoError, match="already holds images"):
+        mv.video_to_frames(src, mv.frame_path_pattern(frames))
+
+    args = get_video_parser().parse_args(["--choice", "I2V", "--image_folder", str(frames), "--video_path", str(src),
+                                          "--save_path", str(tmp_path / "joined.mp4")])
+    mv.main(args)
+    joined = describe(tmp_path / "joined.mp4")
+    assert joined["frames"] == 12 and joined["size"] == (64, 96) and joined["rate"] == FPS
+    green = [f[..., 1].mean() for f in decode_rgb(tmp_path / "joined.mp4")]
+    assert green == sorted(green)  # 10.jpg after 9.jpg: numeric order, not text order
+
+
+def test_i2v_refuses_frames_of_different_sizes(tmp_path):
+    from PIL import Image
+    Image.new("RGB", (32, 32)).save(tmp_path / "0.png")
+    Image.new("RGB", (32, 30)).save(tmp_path / "1.png")
+    with pytest.raises(mv.VideoError, match="one size"):
+        mv.frames_to_video(tmp_path, tmp_path / "out.mp4", 25)
+    assert not list(tmp_path.glob("*out*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------
+def run_script(*args, env=None):
+    return subprocess.run(["bash", str(ROOT / "test_video.sh"), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+
+
+def test_test_video_sh_enhances_a_clip_end_to_end(tmp_path, weights):
+    src = make_clip(tmp_path / "in.mp4", 97, 65)
+    result = run_script(src, tmp_path / "out.mp4", "--weight_dir", weights, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "frame/s" in result.stderr and "audio copied (aac)" in result.stdout
+    assert describe(tmp_path / "out.mp4") == describe(src)
+
+
+def test_test_video_sh_runs_the_official_frames_workflow_from_its_variables(tmp_path, weights):
+    src = make_clip(tmp_path / "in.mp4", audio=False)
+    env = {**os.environ, "video_path": str(src), "save_path": str(tmp_path / "out.mp4"),
+           "image_lowlight_folder": str(tmp_path / "low"), "image_folder": str(tmp_path / "enhanced")}
+    result = run_script("--weight_dir", weights, "--device", "cpu", env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "low").glob("*.jpg"))) == len(list((tmp_path / "enhanced").glob("*.jpg"))) == 12
+    after = describe(tmp_path / "out.mp4")
+    assert (after["frames"], after["size"], after["rate"]) == (12, (96, 64), FPS)
+
+
+@pytest.mark.parametrize("args,code,message", [((), 2, "usage: bash test_video.sh"),
+                                               (("missing.mp4",), 1, "error: video not found: missing.mp4")])
+def test_test_video_sh_fails_in_one_line(args, code, message):
+    result = run_script(*args)
+    assert result.returncode == code
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+
+
+def test_official_flags_parse():
+    args = get_video_parser().parse_args(["--video_path", "a.mp4", "--save_path", "b.mp4", "--choice", "V2I",
+                                          "--image_lowlight_folder", "f", "--image_folder", "g"])
+    assert (args.video_path, args.save_path, args.choice, args.image_lowlight_folder, args.image_folder) == \
+        ("a.mp4", "b.mp4", "V2I", "f", "g")
+    assert get_video_parser().parse_args([]).temporal_smoothing == 0.0  # off by default: the paper's output
+    assert get_video_parser().parse_args(["--temporal_smoothing"]).temporal_smoothing == 0.8
