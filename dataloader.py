@@ -45,13 +45,14 @@ def atomic_output(path):
 
 
 def load_rgb(path):
-    """An image file as an 8-bit RGB PIL image, EXIF orientation applied (grey, palette, alpha and
-    16-bit inputs are converted)."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
-        return im.convert("RGB")
+    """An image file as an 8-bit RGB PIL image, read by `read_image` (content-sniffed, EXIF orientation
+    applied); grey is replicated, alpha dropped, 16-bit rounded to 8 bits."""
+    image, _ = read_image(path)
+    if image.dtype == np.uint16:
+        image = (image / 257.0).round().astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return Image.fromarray(np.ascontiguousarray(image[:, :, :3]))
 
 
 class LowLightDataset(data.Dataset):

@@ -138,7 +138,8 @@ class Trainer:
             raise TrainingError(f"{len(self.dataset)} images in {args.lowlight_images_path} are fewer than one batch of "
                                 f"{args.train_batch_size} per process; lower --train_batch_size")
 
-        self.net = self.build_network().to(self.device)
+        # channels-last makes the depthwise-separable convs 2.5x faster on CPU (benchmarks/bench_train.py)
+        self.net = self.build_network().to(self.device, memory_format=torch.channels_last)
         self.model = self.net
         if self.world_size > 1:
             self.model = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -189,7 +190,8 @@ class Trainer:
         if not is_main_process():
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        full = {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+        weights = {k: v.contiguous() for k, v in self.net.state_dict().items()}  # the exchange format: plain layout
+        full = {"model": weights, "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
                 "batch_in_epoch": self.batch_in_epoch, "args": {k: str(v) if isinstance(v, Path) else v
                                                                 for k, v in vars(self.args).items()},
@@ -197,7 +199,7 @@ class Trainer:
         with atomic_output(self.out_dir / "last.pth") as tmp:
             torch.save(full, tmp)
         with atomic_output(self.out_dir / f"Epoch{weights_epoch}.pth") as tmp:
-            torch.save(self.net.state_dict(), tmp)
+            torch.save(weights, tmp)
 
     def load_checkpoint(self, path):
         path = Path(path)
@@ -253,7 +255,7 @@ class Trainer:
             bar = tqdm(self.loader, total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=not is_main_process(),
                        desc=f"epoch {self.epoch + 1}/{args.num_epochs}", unit="step", dynamic_ncols=True)
             for images in bar:
-                result = self.train_step(images.to(self.device, non_blocking=True))
+                result = self.train_step(images.to(self.device, non_blocking=True, memory_format=torch.channels_last))
                 self.batch_in_epoch += 1
                 self.step += 1
                 if result is None:

@@ -6,7 +6,8 @@ Each setting runs in its own process (so its peak RSS is its own) on the same ra
 - official-like: fp32, NCHW, the segmentation net in train mode with gradients for its 28M
   parameters, as the paper's train.py leaves it (its parameters are not in the optimizer, but
   autograd still computes their gradients and BatchNorm uses batch statistics);
-- ours fp32: the segmentation net frozen for real (no parameter gradients, eval mode), channels-last;
+- ours fp32: both nets channels-last, the segmentation net frozen for real (no parameter gradients,
+  eval mode);
 - ours --amp: the same under bfloat16 autocast (CPU) / fp16 or bf16 (CUDA).
 Each runs without and with the semantic branch. Prints s/image, the ratio to official-like, the
 loss value and peak memory.
@@ -45,11 +46,13 @@ def measure(setting, semantic, size, batch, steps, device):
         torch.manual_seed(0)
         t = train.Trainer(args)
         seg = t.criterion.seg_net
+        layout = torch.contiguous_format if setting == "official-like" else torch.channels_last
+        t.net.to(memory_format=layout)
         if setting == "official-like" and seg is not None:
             seg.requires_grad_(True)
             torch.nn.Module.train(seg, True)
-            seg.to(memory_format=torch.contiguous_format)
-        images = next(iter(t.loader)).to(t.device)
+            seg.to(memory_format=layout)
+        images = next(iter(t.loader)).to(t.device, memory_format=layout)
         t.train_step(images)  # warm-up
         sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
         sync()
