@@ -44,10 +44,14 @@ def atomic_output(path):
         raise
 
 
-def load_rgb(path):
-    """An image file as an 8-bit RGB PIL image, read by `read_image` (content-sniffed, EXIF orientation
-    applied); grey is replicated, alpha dropped, 16-bit rounded to 8 bits."""
-    image, _ = read_image(path)
+def load_rgb(source):
+    """An image file (a path, or a binary file object) as an 8-bit RGB PIL image, read by
+    `decode_image` (content-sniffed, EXIF orientation applied); grey is replicated, alpha dropped,
+    16-bit rounded to 8 bits."""
+    if hasattr(source, "read"):
+        image, _ = decode_image(source.read(), getattr(source, "name", "image"))
+    else:
+        image, _ = read_image(source)
     if image.dtype == np.uint16:
         image = (image / 257.0).round().astype(np.uint8)
     if image.ndim == 2:
