@@ -84,17 +84,23 @@ def get_train_parser():
     return p
 
 
+def add_inference_args(parser, precision_help="fp32 is exact; bf16 (autocast) pays off on GPUs and CPUs with "
+                                                  "AVX512-BF16 or AMX; fp16: CUDA only"):
+    """Flags every script that enhances with trained weights shares: weights, precision and the network's."""
+    parser.add_argument("--weight_dir", default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)")
+    g = add_model_args(parser, scale_factor=12)
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help=precision_help)
+    return g
+
+
 def get_test_parser():
     p = argparse.ArgumentParser(description="Enhance low-light images with SGZ.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input_dir", default="data/test_data", help="an image, or a folder searched recursively")
     p.add_argument("--test_dir", default="test_output", help="output folder; the input tree is mirrored under it")
-    p.add_argument("--weight_dir", default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)")
-    g = add_model_args(p, scale_factor=12)
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="fp32: exact. bf16: the network under bfloat16 autocast (the curve stays fp32; results within "
-                        "2/255), which pays off on GPUs and on CPUs with AVX512-BF16 or AMX (recent Xeon/EPYC) and is "
-                        "slower on other CPUs. fp16: CUDA only")
+    add_inference_args(p, precision_help="fp32: exact. bf16: the network under bfloat16 autocast (the curve stays fp32; "
+                       "results within 2/255), which pays off on GPUs and on CPUs with AVX512-BF16 or AMX (recent Xeon/EPYC) "
+                       "and is slower on other CPUs. fp16: CUDA only")
     p.add_argument("--max_mpix", type=float, default=200,
                    help="refuse images above this many megapixels (read from the header: decompression bombs)")
     p.add_argument("--workers", type=int, default=0,
@@ -126,15 +132,12 @@ def get_video_parser():
     p.add_argument("--image_folder", default="data/test_output/Frames", help="I2V: folder of frames to join")
     p.add_argument("--fps", type=float, default=None,
                    help="I2V: frame rate of the joined video (default: that of --video_path if it exists, else 30)")
-    p.add_argument("--weight_dir", default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="fp32 is exact; bf16 (autocast) pays off on GPUs and CPUs with AVX512-BF16 or AMX; fp16: CUDA only")
     p.add_argument("--temporal_smoothing", type=temporal_smoothing, nargs="?", const=0.8, default=0.0, metavar="ALPHA",
                    help="smooth the curve map across frames (exponential moving average, ALPHA = weight of the past; "
                         "0.8 when given alone) against flicker; 0 enhances every frame on its own, as the paper")
     p.add_argument("--crf", type=int, default=18, help="H.264 quality (libx264 constant rate factor; lower is better, 18 ~ visually lossless)")
     p.add_argument("--preset", default="medium", help="libx264 speed/size preset (ultrafast ... veryslow)")
-    add_model_args(p, scale_factor=12)
+    add_inference_args(p)
     return p
 
 
@@ -144,9 +147,6 @@ def get_demo_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens the page to your network")
     p.add_argument("--port", type=int, default=7860, help="port to listen on; 0 picks a free one")
-    p.add_argument("--weight_dir", default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="fp32 is exact; bf16 autocast (CPU, CUDA) and fp16 (CUDA) are faster")
     p.add_argument("--samples_dir", default="data/test_data",
                    help="the first images of this folder (if it exists) are offered as samples beside the built-in ones")
     g = p.add_argument_group("limits (protect the server's memory)")
@@ -154,7 +154,7 @@ def get_demo_parser():
     g.add_argument("--max_mpix", type=float, default=40.0, help="largest image in megapixels (read from the header)")
     g.add_argument("--max_network_megapixels", type=float, default=1.0,
                    help="largest copy the network may run on (H*W/s^2 megapixels): scale factors that need more are refused")
-    add_model_args(p, scale_factor=12)
+    add_inference_args(p)
     return p
 
 
