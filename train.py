@@ -9,7 +9,6 @@ format the paper's code and ours exchange); `last.pth` holds everything `--resum
 optimizer, loss scaler, epoch, step, args, RNG states). Losses are logged to `loss_log.csv`.
 """
 import csv
-import math
 import os
 import random
 import sys

@@ -150,9 +150,9 @@ def folders(tmp_path):
 
 def test_evaluate_writes_tables_and_pictures(folders, capsys):
     out = folders / "eval"
-    summary = run(["--pred_dir", str(folders / "m1"), str(folders / "m2"), "--labels", "ours", "other",
-                   "--gt_dir", str(folders / "gt"), "--input_dir", str(folders / "input"), "--out_dir", str(out),
-                   "--grid", "--grid_height", "64", "--no-lpips"])
+    run(["--pred_dir", str(folders / "m1"), str(folders / "m2"), "--labels", "ours", "other",
+        "--gt_dir", str(folders / "gt"), "--input_dir", str(folders / "input"), "--out_dir", str(out),
+        "--grid", "--grid_height", "64", "--no-lpips"])
     stdout = capsys.readouterr().out
     assert "| ours | A | 2 |" in stdout and "| other | all | 3 |" in stdout
     assert stdout == (out / "summary.md").read_text()

@@ -1,5 +1,4 @@
 """The enhancement net and the segmentation net: parity with the official code, loading, shapes, freezing."""
-import json
 
 import numpy as np
 import pytest
