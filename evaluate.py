@@ -31,9 +31,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
 import niqe
-from dataloader import IMAGE_EXTENSIONS, ImageReadError, atomic_output, find_images, read_image, write_image
+from image_io import IMAGE_EXTENSIONS, atomic_output, find_images, read_image, write_image
 from model import get_device
-from option import get_evaluate_parser
+from option import UserError, get_evaluate_parser, run_script
 
 INPUT, GT = "input", "ground truth"
 METRICS = {  # name: (column title, better when higher?, definition written to summary.json)
@@ -47,10 +47,6 @@ METRICS = {  # name: (column title, better when higher?, definition written to s
 ALEXNET = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1, which LPIPS is built on
 
 
-class EvaluationError(ValueError):
-    """Bad input, told in one line: what, which file, what to do."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Finding and matching the images
 # ---------------------------------------------------------------------------------------------
@@ -58,10 +54,10 @@ def source_folders(args):
     """{label: folder} in column order: inputs, methods, ground truth."""
     labels = args.labels or [Path(d).name or str(d) for d in args.pred_dir]
     if len(labels) != len(args.pred_dir):
-        raise EvaluationError(f"--labels gives {len(labels)} names for {len(args.pred_dir)} --pred_dir folders; "
+        raise UserError(f"--labels gives {len(labels)} names for {len(args.pred_dir)} --pred_dir folders; "
                               "give one per folder")
     if len(set(labels)) != len(labels) or {INPUT, GT} & set(labels):
-        raise EvaluationError(f"method names {labels} repeat or use '{INPUT}'/'{GT}'; name them with --labels")
+        raise UserError(f"method names {labels} repeat or use '{INPUT}'/'{GT}'; name them with --labels")
     pairs = ([(INPUT, args.input_dir)] if args.input_dir else []) + list(zip(labels, args.pred_dir))
     pairs += [(GT, args.gt_dir)] if args.gt_dir else []
     return {label: Path(folder) for label, folder in pairs}
@@ -70,15 +66,15 @@ def source_folders(args):
 def index_images(folder):
     """{key: path} of the images under folder, key = relative path without extension (posix)."""
     if not folder.is_dir():
-        raise EvaluationError(f"{folder} is not a folder; give the folder that holds the images")
+        raise UserError(f"{folder} is not a folder; give the folder that holds the images")
     index = {}
     for path in find_images(folder):
         key = path.relative_to(folder).with_suffix("").as_posix()
         if key in index:
-            raise EvaluationError(f"{index[key]} and {path} have the same name; keep one of them")
+            raise UserError(f"{index[key]} and {path} have the same name; keep one of them")
         index[key] = path
     if not index:
-        raise EvaluationError(f"no images in {folder} (looked for {' '.join(IMAGE_EXTENSIONS)}, recursively)")
+        raise UserError(f"no images in {folder} (looked for {' '.join(IMAGE_EXTENSIONS)}, recursively)")
     return index
 
 
@@ -89,7 +85,7 @@ def match_images(folders):
     common = sorted(set.intersection(*(set(i) for i in indexes.values())))
     if not common:
         sample = ", ".join(f"{folders[label]}: {next(iter(i))}" for label, i in indexes.items())
-        raise EvaluationError(f"no file name is in every folder (e.g. {sample}); files are matched by their path "
+        raise UserError(f"no file name is in every folder (e.g. {sample}); files are matched by their path "
                               "without extension, so mirror the folder trees")
     for label, index in indexes.items():
         extra = sorted(set(index) - set(common))
@@ -103,8 +99,8 @@ def read_rgb(path):
     """An image file as float64 (H, W, 3) RGB in [0, 1] (grey is repeated, alpha dropped)."""
     try:
         image, _ = read_image(path)
-    except (ImageReadError, OSError) as e:  # ImageReadError names the file; OSError (permissions) has it too
-        raise EvaluationError(f"{e}; replace the file or move it out of the folder") from None
+    except UserError as e:  # it names the file
+        raise UserError(f"{e}; replace the file or move it out of the folder") from None
     scale = 65535.0 if image.dtype == np.uint16 else 255.0
     if image.ndim == 2:
         image = image[..., None]
@@ -120,7 +116,7 @@ def common_size(images, paths, crop):
         first = next(iter(sizes))
         other = next(label for label, size in sizes.items() if size != sizes[first])
         (h1, w1), (h2, w2) = sizes[first], sizes[other]
-        raise EvaluationError(f"{paths[other]} is {w2}x{h2} but {paths[first]} is {w1}x{h1}; pass --crop to "
+        raise UserError(f"{paths[other]} is {w2}x{h2} but {paths[first]} is {w1}x{h1}; pass --crop to "
                               "compare their common top-left region")
     h, w = min(s[0] for s in sizes.values()), min(s[1] for s in sizes.values())
     return {label: image[:h, :w] for label, image in images.items()}
@@ -303,11 +299,12 @@ def check_out_dir(out_dir, folders):
     out = out_dir.resolve()
     for folder in folders.values():
         if out == folder.resolve() or folder.resolve() in out.parents:
-            raise EvaluationError(f"--out_dir {out_dir} lies inside {folder}: its pictures would be read as images "
+            raise UserError(f"--out_dir {out_dir} lies inside {folder}: its pictures would be read as images "
                                   "next time; choose another folder")
 
 
-def main(args):
+def evaluate(args):
+    """Score every matched image, write the tables (and pictures) to --out_dir; returns the summary."""
     folders = source_folders(args)
     out_dir = Path(args.out_dir)
     check_out_dir(out_dir, folders)
@@ -350,9 +347,9 @@ def main(args):
     return summary
 
 
+def main(args):
+    evaluate(args)
+
+
 if __name__ == "__main__":
-    try:
-        main(get_evaluate_parser().parse_args())
-    except EvaluationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_script(main, get_evaluate_parser()))

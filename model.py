@@ -4,12 +4,13 @@ Read top to bottom:
 1. `DepthwiseSeparableConv` / `PlainConv`: the two layer types (`--conv_type dsc | tc`).
 2. `EnhanceNet`: 7 layers -> 3-channel curve map r = tanh(...), computed on a 1/s copy of the
    image and resized back to exactly H x W; then x <- x + r * (x^2 - x), 8 times.
-3. `load_enhance_net`: checkpoint loading with one clear error naming the file.
+3. `load_enhance_net`: checkpoint loading with one clear error (a UserError) naming the file.
 4. `SegmentationNet`: ResNet-50 C2..C5 + the official FPN head, frozen (used by the semantic loss).
 
 State-dict keys are the official ones (`e_conv{1..7}.depth_conv|point_conv.weight|bias`, or
 `e_conv{i}.conv.*` for plain convs), so weights move both ways between this code and the paper's.
 """
+import contextlib
 import os
 import socket
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from option import UserError
 
 NUM_FEATURES = 32
 NUM_CURVE_STEPS = 8
@@ -133,24 +136,20 @@ class EnhanceNet(nn.Module):
 enhance_net_nopool = EnhanceNet
 
 
-class CheckpointError(ValueError):
-    """A weights file that is missing, unreadable or of another architecture."""
-
-
 def _state_dict_from_file(path):
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path} (give the path of a .pth file with --weight_dir)")
+        raise UserError(f"weights file not found: {path} (give the path of a .pth file with --weight_dir)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and format errors all mean "not a checkpoint"
         first_line = (str(e).splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {first_line})") from None
+        raise UserError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {first_line})") from None
     # Our full training checkpoints hold the network under "model"; bare state_dicts are the exchange format.
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} holds no state_dict of tensors")
+        raise UserError(f"{path} holds no state_dict of tensors")
     # Checkpoints saved from DataParallel/DDP or torch.compile carry a prefix on every key.
     for prefix in ("module.", "_orig_mod."):
         if obj and all(k.startswith(prefix) for k in obj):
@@ -164,7 +163,7 @@ def infer_conv_type(state_dict):
 
 def load_enhance_net(path, scale_factor=1, device="cpu", conv_type=None):
     """Build an EnhanceNet from a weights file (official or ours); conv_type is read from the keys
-    unless given. Raises CheckpointError with a one-line message naming the file."""
+    unless given. Raises UserError with a one-line message naming the file."""
     state_dict = _state_dict_from_file(path)
     conv_type = conv_type or infer_conv_type(state_dict)
     net = EnhanceNet(scale_factor=scale_factor, conv_type=conv_type)
@@ -172,7 +171,7 @@ def load_enhance_net(path, scale_factor=1, device="cpu", conv_type=None):
         net.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:300]
-        raise CheckpointError(f"{path} does not fit the SGZ enhancement net (conv_type={conv_type}): {detail}") from None
+        raise UserError(f"{path} does not fit the SGZ enhancement net (conv_type={conv_type}): {detail}") from None
     return net.to(device)
 
 
@@ -219,6 +218,17 @@ class FPNHead(nn.Module):
         return self.classify(features)  # (B, num_classes, H/4, W/4)
 
 
+@contextlib.contextmanager
+def socket_timeout(seconds):
+    """The process's default socket timeout for a block (torch.hub's download sets none), restored after it."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
 def load_imagenet_resnet50(source="imagenet", download_timeout=20.0):
     """A torchvision ResNet-50 with the backbone weights the official code uses.
 
@@ -237,21 +247,18 @@ def load_imagenet_resnet50(source="imagenet", download_timeout=20.0):
         try:
             model.load_state_dict(state_dict, strict=True)
         except RuntimeError as e:
-            raise CheckpointError(f"{source} is not a torchvision ResNet-50 state_dict: {' '.join(str(e).split())[:200]}") from None
+            raise UserError(f"{source} is not a torchvision ResNet-50 state_dict: {' '.join(str(e).split())[:200]}") from None
         return model, f"local file {source}"
     weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    old_timeout = socket.getdefaulttimeout()
     try:
-        socket.setdefaulttimeout(download_timeout)  # a blocked network must fail, not hang
-        state_dict = weights.get_state_dict(progress=False, check_hash=True)
+        with socket_timeout(download_timeout):  # a blocked network must fail, not hang
+            state_dict = weights.get_state_dict(progress=False, check_hash=True)
     except Exception as e:
         print(f"warning: ImageNet ResNet-50 weights unavailable ({type(e).__name__}); the segmentation backbone is "
               f"randomly initialised. To use them offline, put {os.path.basename(weights.url)} in "
               f"{cached.parent} or pass --seg_backbone PATH.", file=sys.stderr)
         return model, "random initialisation (ImageNet weights unavailable offline)"
-    finally:
-        socket.setdefaulttimeout(old_timeout)
     model.load_state_dict(state_dict)
     return model, "torchvision ResNet50_Weights.IMAGENET1K_V1"
 

@@ -1,10 +1,47 @@
-"""Command-line parsers for every script. Nothing is parsed at import: scripts call
-`get_*_parser().parse_args()` under `if __name__ == "__main__"`, tests pass their own argv.
+"""The command line of every script: its parser, the one error type for what the user must fix, and
+the one place where a script starts (`run_script`), sets the process-wide settings and turns that error
+into one line and an exit status.
 
-The official flag names and defaults are kept (so commands from the paper's README work), with
-booleans that mean what they say and paths that need no trailing slash.
+Nothing is parsed at import: scripts call `run_script(main, get_*_parser())` under
+`if __name__ == "__main__"`; tests pass their own argv. The official flag names and defaults are kept
+(so commands from the paper's README work), with booleans that mean what they say and paths that need
+no trailing slash.
 """
 import argparse
+import sys
+
+EXIT_SOME_INPUTS_FAILED = 1  # the run went through, but some of its inputs could not be processed
+EXIT_CANNOT_RUN = 2  # a bad flag, path, weights file or setting: nothing was done (argparse's status too)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
+
+
+class UserError(Exception):
+    """Something the user must fix: a missing or bad path, flag, weights file, image or video. Its message
+    is one line that says what, which file, and what to do. The scripts print it without a traceback;
+    any other exception is a bug and keeps its traceback."""
+
+
+def configure_process():
+    """Process-wide settings the scripts make, here and nowhere else. Pillow's own pixel limit is lifted
+    because the image reader checks --max_mpix itself from the header, before decoding (Pillow would
+    stop at 179 MPix and warn from 89)."""
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = None
+
+
+def run_script(main, parser, argv=None):
+    """Parse argv, configure the process and run main(args), which returns an exit status (None: 0).
+    A UserError becomes one `error:` line and EXIT_CANNOT_RUN, Ctrl-C EXIT_INTERRUPTED."""
+    args = parser.parse_args(argv)
+    configure_process()
+    try:
+        return main(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def str2bool(value):

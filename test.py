@@ -5,13 +5,9 @@ enhanced images out, each exactly the size, bit depth and alpha of its input.
     python test.py --input_dir photos --test_dir out --weight_dir weight/Epoch99.pth
     torchrun --nproc_per_node 4 test.py ...          # each process takes a disjoint share of the files
 
-How it stays fast and small: the network only ever sees the 1/s copy of a photo, built from the few rows
-and columns that bilinear resizing reads; its curve map is resized back and the 8-step curve applied a
-band of rows at a time, straight into an output array of the input's type, so a 100-megapixel photo
-needs no full-resolution float copy. Images are decoded, enhanced and encoded in parallel threads
-(OpenCV and torch release the GIL).
+The enhancement itself is enhance.Enhancer; this script finds the files, plans where each result goes,
+and decodes, enhances and encodes whole images in parallel threads (OpenCV and torch release the GIL).
 """
-import contextlib
 import os
 import sys
 import time
@@ -19,85 +15,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-import dataloader
+import image_io
 import model
-from option import get_test_parser
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as OpenCV and Pillow turn RGB into grey
-# Elements of one band of rows: on a CPU the band's four float buffers (1 MB) stay in L2 cache, where
-# the 20 ops per element run 6-8x faster than over whole images; on a GPU bands only bound the memory
-# (128 MB of buffers for each image in flight).
-BAND_ELEMENTS = {"cpu": 1 << 16, "other": 1 << 23}
-
-
-def source_indices(in_size, out_size, align_corners, device="cpu"):
-    """For each output position along one axis: the two source positions and the weight of the second,
-    as F.interpolate(mode="bilinear") computes them (no antialias), so that a resize can be done in pieces."""
-    dst = torch.arange(out_size, dtype=torch.float32, device=device)
-    if align_corners:
-        src = dst * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
-    else:
-        src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp_(min=0)
-    i0 = src.long().clamp_(max=in_size - 1)
-    i1 = (i0 + 1).clamp_(max=in_size - 1)
-    return i0, i1, (src - i0).clamp_(0, 1)
-
-
-def resize_axis(x, dim, size, align_corners):
-    """Bilinear resize of one axis of x to `size` (float result; integer inputs are converted after the
-    gather, so a 1/12 copy converts 1/6 of the rows)."""
-    i0, i1, weight = source_indices(x.shape[dim], size, align_corners, x.device)
-    shape = [1] * x.dim()
-    shape[dim] = size
-    return torch.lerp(x.index_select(dim, i0).float(), x.index_select(dim, i1).float(), weight.view(shape))
-
-
-def row_upsampler(low_rows, height):
-    """Bands of rows of the align_corners=True bilinear resize of low_rows (h, N) to `height` rows, as
-    F.interpolate computes them. Returns fill(top, bottom, out), which writes rows top..bottom-1 into out
-    (bottom - top, N) with one small matmul over the few low-res rows that the band lies between."""
-    h = low_rows.shape[0]
-    i0, i1, weight = source_indices(h, height, align_corners=True, device=low_rows.device)
-    matrix = torch.zeros(height, h, device=low_rows.device)  # 2 non-zeros a row
-    rows = torch.arange(height, device=low_rows.device)
-    matrix.index_put_((rows, i0), 1 - weight, accumulate=True)
-    matrix.index_put_((rows, i1), weight, accumulate=True)
-    first, last = i0.tolist(), i1.tolist()
-
-    def fill(top, bottom, out):
-        lo, hi = first[top], last[bottom - 1] + 1
-        return torch.mm(matrix[top:bottom, lo:hi], low_rows[lo:hi], out=out)
-    return fill
-
-
-def apply_curve_(x, curve_map, scratch, scale):
-    """scale * model.apply_curve(x, curve_map) + 0.5, ready to be truncated to integers, computed in x.
-    Two ops a step (x + r(x^2 - x) = x((1 - r) + r x)) and no allocation: `scratch` holds two more
-    tensors like x. For r in [-1, 1] the curve maps [0, 1] into [0, 1], so no clamp is needed."""
-    one_minus_r, factor = scratch
-    torch.sub(1, curve_map, out=one_minus_r)
-    for _ in range(model.NUM_CURVE_STEPS - 1):
-        x.mul_(torch.addcmul(one_minus_r, curve_map, x, out=factor))
-    torch.addcmul(one_minus_r, curve_map, x, out=factor)
-    return torch.addcmul(x.new_full((), 0.5), x, factor, value=scale, out=x)
-
-
-def check_image_array(image):
-    if not (isinstance(image, np.ndarray) and image.dtype in (np.uint8, np.uint16)
-            and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)))):
-        raise ValueError(f"expected a uint8 or uint16 array HxW, HxWx3 or HxWx4; got "
-                         f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}")
-
-
-def available_cpus():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from enhance import Enhancer, available_cpus, thread_limits
+from option import EXIT_INTERRUPTED, EXIT_SOME_INPUTS_FAILED, UserError, get_test_parser, run_script
 
 
 @dataclass
@@ -112,14 +36,14 @@ class RunSummary:
 def plan_outputs(input_path, output_dir):
     """(jobs, skipped): a (source, destination) pair for every image under input_path, its folder tree
     mirrored under output_dir, and the other files found. Hidden files and anything already under
-    output_dir are left out. Raises FileNotFoundError/ValueError when there is nothing to do or when an
-    output would replace an input."""
+    output_dir are left out. Raises UserError when there is nothing to do or when an output would
+    replace an input."""
     root, out_root = Path(input_path), Path(output_dir)
     if not root.exists():
-        raise FileNotFoundError(f"input not found: {root} (give an image or a folder with --input_dir)")
+        raise UserError(f"input not found: {root} (give an image or a folder with --input_dir)")
     if root.is_file():
-        if root.suffix.lower() not in dataloader.IMAGE_EXTENSIONS:
-            raise ValueError(f"{root} is not an image file ({' '.join(dataloader.IMAGE_EXTENSIONS)})")
+        if root.suffix.lower() not in image_io.IMAGE_EXTENSIONS:
+            raise UserError(f"{root} is not an image file ({' '.join(image_io.IMAGE_EXTENSIONS)})")
         jobs, skipped = [(root, out_root / root.name)], []
     else:
         # Results of an earlier run into a folder inside this one are not inputs (the folder itself is: see below).
@@ -127,144 +51,67 @@ def plan_outputs(input_path, output_dir):
         files = [p for p in sorted(root.rglob("*")) if p.is_file()
                  and not any(part.startswith(".") for part in p.relative_to(root).parts)
                  and outputs not in p.resolve().parents]
-        images = [p for p in files if p.suffix.lower() in dataloader.IMAGE_EXTENSIONS]
-        skipped = [p for p in files if p.suffix.lower() not in dataloader.IMAGE_EXTENSIONS]
+        images = [p for p in files if p.suffix.lower() in image_io.IMAGE_EXTENSIONS]
+        skipped = [p for p in files if p.suffix.lower() not in image_io.IMAGE_EXTENSIONS]
         if not images:
-            raise ValueError(f"no images in {root} (looked recursively for {' '.join(dataloader.IMAGE_EXTENSIONS)})")
+            raise UserError(f"no images in {root} (looked recursively for {' '.join(image_io.IMAGE_EXTENSIONS)})")
         jobs = [(p, out_root / p.relative_to(root)) for p in images]
     inputs = {src.resolve() for src, _ in jobs}
     for _, dst in jobs:
         if dst.resolve() in inputs:
-            raise ValueError(f"writing {dst} would overwrite an input image; choose another --test_dir")
+            raise UserError(f"writing {dst} would overwrite an input image; choose another --test_dir")
     return jobs, skipped
 
 
 class Tester:
-    """The trained network applied to whole photos: arrays (enhance_array), files (enhance_file) or
-    folders (run). Shared by test.py, the video script and the web demo."""
+    """An Enhancer applied to files (enhance_file) and folders (run), as `python test.py` does."""
 
     def __init__(self, weight_dir="weight/sgz.pth", scale_factor=12, device="auto", precision="fp32", conv_type=None,
-                 max_pixels=dataloader.DEFAULT_MAX_PIXELS):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        self.device = model.get_device(device) if isinstance(device, str) else torch.device(device)
-        if precision == "fp16" and self.device.type == "cpu":
-            raise ValueError("--precision fp16 needs a GPU; on a CPU use bf16")
-        self.scale_factor, self.precision, self.max_pixels = scale_factor, precision, max_pixels
-        # The net runs at scale 1 on the 1/s copy this class makes itself (from a few rows, in the image's
-        # own dtype); channels-last is 1.5x faster on CPU and is the layout an HxWx3 array already has.
-        self.net = model.load_enhance_net(weight_dir, scale_factor=1, device=self.device, conv_type=conv_type)
-        self.net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-        self.band_elements = BAND_ELEMENTS["cpu" if self.device.type == "cpu" else "other"]
-
-    def autocast(self):
-        if PRECISIONS[self.precision] is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
-
-    def curve_map_rows(self, rgb, full_scale, strength, map_filter):
-        """The curve map of the integer image rgb (H, W, C) / full_scale computed on its 1/s copy and
-        resized to the full width: (h, W, 3). Rows of the full-size map are then interpolated band by band."""
-        height, width = rgb.shape[:2]
-        h, w = model.downscaled_size(height, width, self.scale_factor)
-        small = resize_axis(resize_axis(rgb, 0, h, align_corners=False), 1, w, align_corners=False).div_(full_scale)
-        x = small.expand(h, w, 3).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
-        with self.autocast():
-            curve_map = self.net.curve_map_lowres(x).float()  # (1, 3, h, w)
-        if strength != 1:
-            curve_map = curve_map * strength
-        if map_filter is not None:
-            curve_map = map_filter(curve_map)
-        curve_map = curve_map.clamp(-1, 1)  # keeps the curve inside [0, 1] (tanh already is; filters may not be)
-        return resize_axis(curve_map[0].permute(1, 2, 0), 1, width, align_corners=True)  # (h, W, 3)
-
-    @torch.inference_mode()
-    def enhance_array(self, image, strength=1.0, map_filter=None):
-        """image: numpy HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA), dtype uint8 or uint16.
-        Returns a new array of the same shape and dtype (alpha passed through unchanged).
-        strength: multiplies the curve map (clamped to [-1, 1]); 1.0 is the paper's model exactly,
-        <1 gives a gentler, >1 a stronger enhancement.
-        map_filter: optional callable applied to the low-resolution curve map, a float tensor
-        (1, 3, h, w), before it is resized to full resolution (e.g. temporal smoothing of video frames)."""
-        check_image_array(image)
-        full_scale = float(np.iinfo(image.dtype).max)
-        pixels = torch.from_numpy(np.ascontiguousarray(image))
-        out = torch.from_numpy(np.empty_like(image))
-        grey = image.ndim == 2
-        if image.ndim == 3 and image.shape[2] == 4:
-            out[..., 3] = pixels[..., 3]
-        rgb = pixels[..., None] if grey else pixels[..., :3]  # (H, W, 1 or 3), still integers
-        if rgb.dtype == torch.uint16 and self.device.type != "cpu":
-            rgb = rgb.int()  # uint16 has few kernels off the CPU
-        rgb = rgb.to(self.device)
-        out_rgb = out if grey else out[..., :3]
-        height, width = image.shape[:2]
-        curve_rows = self.curve_map_rows(rgb, full_scale, strength, map_filter)  # (h, W, 3)
-        fill_curve_map = row_upsampler(curve_rows.view(-1, width * 3), height)
-        luma = torch.tensor(LUMA, device=self.device)
-        band = max(1, min(height, self.band_elements // (width * 3)))
-        buffers = torch.empty(4, band, width, 3, device=self.device)
-        for top in range(0, height, band):
-            bottom = min(top + band, height)
-            x, curve_map, *scratch = (b[:bottom - top] for b in buffers)  # (rows, W, 3) each
-            fill_curve_map(top, bottom, out=curve_map.view(-1, width * 3))
-            torch.div(rgb[top:bottom].expand(-1, -1, 3), full_scale, out=x)
-            y = apply_curve_(x, curve_map, scratch, full_scale)
-            # Truncating y rounds half up, as save_image does. A GPU band comes back as floats and is
-            # converted here: PyTorch has few uint16 kernels off the CPU.
-            out_rgb[top:bottom].copy_((y @ luma if grey else y).cpu())
-        return out.numpy()
+                 max_pixels=image_io.DEFAULT_MAX_PIXELS):
+        self.enhancer = Enhancer(weight_dir, scale_factor, device, precision, conv_type)
+        self.max_pixels = max_pixels
 
     def enhance_file(self, src, dst):
         """One image file -> one enhanced file (atomically; never over the source). Returns (height, width)."""
         if Path(dst).resolve() == Path(src).resolve():
-            raise ValueError(f"writing {dst} would overwrite its input; choose another output path")
-        image, _ = dataloader.read_image(src, self.max_pixels)
-        dataloader.write_image(dst, self.enhance_array(image))
+            raise UserError(f"writing {dst} would overwrite its input; choose another output path")
+        image, _ = image_io.read_image(src, self.max_pixels)
+        image_io.write_image(dst, self.enhancer.enhance_array(image))
         return image.shape[:2]
 
     def run(self, input_path, output_dir, workers=0, rank=0, world_size=1, progress=True):
         """Enhance an image or a folder (recursively) into output_dir, mirroring the tree, `workers`
-        images at a time (0: one per CPU); this process takes files[rank::world_size]. A file that fails
-        is reported in one line and the rest still run. Returns a RunSummary."""
+        images at a time (0: one per CPU); this process takes files[rank::world_size]. A file the user
+        must fix (unreadable, unwritable) is reported in one line and the rest still run; any other error
+        is a bug and stops the run. Returns a RunSummary."""
         jobs, skipped = plan_outputs(input_path, output_dir)
         summary = RunSummary(skipped=skipped if rank == 0 else [])
         for path in summary.skipped:
             tqdm.write(f"skipping {path}: not an image file", file=sys.stderr)
         jobs = jobs[rank::world_size]
         workers = max(1, min(workers or available_cpus(), len(jobs)))
-        old_threads = torch.get_num_threads(), cv2.getNumThreads()
-        # Parallel images, serial ops: an op split over threads waits at a barrier for all of them, and on a
-        # busy machine that wait is a scheduler time slice (~10 ms) per op: 2 threads a band made a
-        # 25-megapixel photo 4-200x slower here than 1.
-        torch.set_num_threads(1)
-        cv2.setNumThreads(0)  # 0: OpenCV runs each call in its calling thread
         start = time.perf_counter()
-        try:
-            with ThreadPoolExecutor(workers) as pool, \
-                    tqdm(total=len(jobs), unit="img", disable=None if progress else True, file=sys.stderr) as bar:
-                futures = {pool.submit(self.enhance_file, src, dst): src for src, dst in jobs}
-                try:
-                    for future in as_completed(futures):
-                        try:
-                            height, width = future.result()
-                            summary.images += 1
-                            summary.megapixels += height * width / 1e6
-                        except Exception as e:  # one bad file must not stop the others
-                            src = futures[future]
-                            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                            summary.failed.append((src, reason))
-                            tqdm.write(f"error: {reason if str(src) in reason else f'{src}: {reason}'}", file=sys.stderr)
-                        bar.update()
-                except KeyboardInterrupt:  # finish the images in flight (their writes are atomic), start no more
-                    for future in futures:
-                        future.cancel()
-                    raise
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-        finally:
-            torch.set_num_threads(old_threads[0])
-            cv2.setNumThreads(old_threads[1])
+        # Parallel images, serial ops (see thread_limits).
+        with thread_limits(torch_threads=1, opencv_threads=0), ThreadPoolExecutor(workers) as pool, \
+                tqdm(total=len(jobs), unit="img", disable=None if progress else True, file=sys.stderr) as bar:
+            futures = {pool.submit(self.enhance_file, src, dst): src for src, dst in jobs}
+            try:
+                for future in as_completed(futures):
+                    try:
+                        height, width = future.result()
+                        summary.images += 1
+                        summary.megapixels += height * width / 1e6
+                    except UserError as e:  # one bad file must not stop the others
+                        src, reason = futures[future], str(e)
+                        summary.failed.append((src, reason))
+                        tqdm.write(f"error: {reason if str(src) in reason else f'{src}: {reason}'}", file=sys.stderr)
+                    bar.update()
+            except BaseException:  # Ctrl-C or a bug: finish the images in flight (their writes are atomic), start no more
+                for future in futures:
+                    future.cancel()
+                raise
+        if self.enhancer.device.type == "cuda":
+            torch.cuda.synchronize(self.enhancer.device)
         summary.seconds = time.perf_counter() - start
         return summary
 
@@ -278,24 +125,25 @@ def local_device(name):
 
 
 def main(args):
-    Image.MAX_IMAGE_PIXELS = None  # read_image checks --max_mpix itself (Pillow would stop at 179 MPix)
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     workers = args.workers or max(1, available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    tester = Tester(args.weight_dir, args.scale_factor, local_device(args.device), args.precision,
+                    max_pixels=args.max_mpix * 1e6)
     try:
-        tester = Tester(args.weight_dir, args.scale_factor, local_device(args.device), args.precision,
-                        max_pixels=args.max_mpix * 1e6)
         summary = tester.run(args.input_dir, args.test_dir, workers=workers, rank=rank, world_size=world_size)
-    except (ValueError, OSError) as e:  # bad weights, missing input, empty folder, output over an input
-        sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        sys.exit("interrupted: the images already written are complete, the others were not started")
+        print("interrupted: the images already written are complete, the others were not started", file=sys.stderr)
+        return EXIT_INTERRUPTED
     shard = f"[rank {rank}/{world_size}] " if world_size > 1 else ""
     print(f"{shard}{summary.images} images, {summary.megapixels:.1f} megapixels in {summary.seconds:.2f} s "
           f"-> {args.test_dir}")
     if summary.failed:
-        sys.exit(f"{shard}error: {len(summary.failed)} of {summary.images + len(summary.failed)} images failed: "
-                 + ", ".join(str(path) for path, _ in summary.failed[:5]) + (" ..." if len(summary.failed) > 5 else ""))
+        print(f"{shard}error: {len(summary.failed)} of {summary.images + len(summary.failed)} images failed: "
+              + ", ".join(str(path) for path, _ in summary.failed[:5]) + (" ..." if len(summary.failed) > 5 else ""),
+              file=sys.stderr)
+        return EXIT_SOME_INPUTS_FAILED
+    return 0
 
 
 if __name__ == "__main__":
-    main(get_test_parser().parse_args())
+    sys.exit(run_script(main, get_test_parser()))

@@ -23,17 +23,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from dataloader import LowLightDataset, atomic_output
+from dataloader import LowLightDataset
+from image_io import atomic_output
 from loss import SGZLoss
-from model import CheckpointError, EnhanceNet, SegmentationNet, get_device, load_enhance_net
-from option import get_train_parser
+from model import EnhanceNet, SegmentationNet, get_device, load_enhance_net
+from option import EXIT_INTERRUPTED, UserError, get_train_parser, run_script
 
 MAX_BAD_STEPS_IN_A_ROW = 5
 LOG_COLUMNS = ["epoch", "step", "total", "tv", "spa", "color", "exp", "seg", "grad_norm", "images_per_s"]
-
-
-class TrainingError(RuntimeError):
-    """A problem with the user's input or run that deserves one clear line, not a traceback."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +131,7 @@ class Trainer:
                                  drop_last=True, persistent_workers=False)
         self.steps_per_epoch = len(self.dataset) // self.world_size // args.train_batch_size
         if self.steps_per_epoch == 0:
-            raise TrainingError(f"{len(self.dataset)} images in {args.lowlight_images_path} are fewer than one batch of "
+            raise UserError(f"{len(self.dataset)} images in {args.lowlight_images_path} are fewer than one batch of "
                                 f"{args.train_batch_size} per process; lower --train_batch_size")
 
         # channels-last makes the depthwise-separable convs 2.5x faster on CPU (benchmarks/bench_train.py)
@@ -164,12 +161,12 @@ class Trainer:
     def build_dataset(self):
         root = Path(self.args.lowlight_images_path)
         if not root.exists():
-            raise TrainingError(f"training images not found: {root} does not exist (set --lowlight_images_path)")
+            raise UserError(f"training images not found: {root} does not exist (set --lowlight_images_path)")
         dataset = LowLightDataset(root, self.args.image_size)
         if dataset.skipped:
             self.log(f"skipped {len(dataset.skipped)} unreadable file(s) under {root}, e.g. {dataset.skipped[0]}")
         if len(dataset) == 0:
-            raise TrainingError(f"no training images found under {root} (looked for jpg, png, bmp, tif, webp)")
+            raise UserError(f"no training images found under {root} (looked for jpg, png, bmp, tif, webp)")
         self.log(f"{len(dataset)} training images from {root}, resized to {self.args.image_size}x{self.args.image_size}")
         return dataset
 
@@ -178,7 +175,7 @@ class Trainer:
         if args.load_pretrain and not args.resume:
             net = load_enhance_net(args.pretrain_dir, scale_factor=args.scale_factor)
             if net.conv_type != args.conv_type:
-                raise CheckpointError(f"{args.pretrain_dir} holds a '{net.conv_type}' network but --conv_type is '{args.conv_type}'")
+                raise UserError(f"{args.pretrain_dir} holds a '{net.conv_type}' network but --conv_type is '{args.conv_type}'")
             self.log(f"starting from {args.pretrain_dir}")
             return net
         return EnhanceNet(scale_factor=args.scale_factor, conv_type=args.conv_type)
@@ -203,13 +200,13 @@ class Trainer:
     def load_checkpoint(self, path):
         path = Path(path)
         if not path.is_file():
-            raise TrainingError(f"--resume checkpoint not found: {path}")
+            raise UserError(f"--resume checkpoint not found: {path}")
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
             self.net.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"{path} is not a full training checkpoint of this network "
+            raise UserError(f"{path} is not a full training checkpoint of this network "
                                   f"(use --load_pretrain --pretrain_dir for bare weights): {str(e).splitlines()[0][:200]}") from None
         for group in self.optimizer.param_groups:  # the command line decides the learning rate from here on
             group["lr"] = self.args.lr
@@ -261,7 +258,7 @@ class Trainer:
                     bad_in_a_row += 1
                     self.log(f"warning: non-finite loss or gradient at step {self.step}; step skipped")
                     if bad_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
-                        raise TrainingError(f"{bad_in_a_row} non-finite steps in a row at step {self.step}: "
+                        raise UserError(f"{bad_in_a_row} non-finite steps in a row at step {self.step}: "
                                             "lower --lr or check the input images; last good weights are in "
                                             f"{self.out_dir / 'last.pth'}")
                 else:
@@ -311,12 +308,9 @@ class LossLogger:
 def main(args):
     try:
         Trainer(args).train()
-    except (TrainingError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; continue with --resume " + str(Path(args.snapshots_folder) / "last.pth"), file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -324,4 +318,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_train_parser().parse_args()))
+    sys.exit(run_script(main, get_train_parser()))

@@ -24,9 +24,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import dataloader  # noqa: E402
+import image_io  # noqa: E402
 import model  # noqa: E402
-from test import plan_outputs  # noqa: E402
 
 
 def get_bench_parser():
@@ -64,12 +63,13 @@ def max_differences(input_dir, dir_a, dir_b, weight_dir):
     computation: model.EnhanceNet(scale 12) on the whole image, rounded as torchvision's save_image rounds."""
     net = model.load_enhance_net(weight_dir, scale_factor=12).eval()
     vs_reference = vs_other = 0
-    for src, dst in plan_outputs(input_dir, dir_a)[0]:
-        image, _ = dataloader.read_image(src)
+    for src in image_io.find_images(input_dir):
+        dst = dir_a / src.relative_to(input_dir)
+        image, _ = image_io.read_image(src)
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
         reference = (net(x)[0][0].permute(1, 2, 0) * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
-        a = dataloader.read_image(dst)[0].astype(int)
-        b = dataloader.read_image(dir_b / dst.relative_to(dir_a))[0].astype(int)
+        a = image_io.read_image(dst)[0].astype(int)
+        b = image_io.read_image(dir_b / dst.relative_to(dir_a))[0].astype(int)
         vs_reference = max(vs_reference, np.abs(a - reference).max())
         vs_other = max(vs_other, np.abs(a - b).max())
     return vs_reference, vs_other
@@ -82,8 +82,7 @@ def make_100mpix_photo(source, path):
 
 
 def main(args):
-    jobs, _ = plan_outputs(args.input_dir, "unused")
-    files = [src for src, _ in jobs]
+    files = image_io.find_images(args.input_dir)
     megapixels = sum(np.prod(Image.open(f).size) for f in files) / 1e6
     print(f"{len(files)} images, {megapixels:.1f} MPix from {args.input_dir}; {os.cpu_count()} CPUs; torch {torch.__version__}")
     results = {"floor": [], "fp32": [], "bf16": []}

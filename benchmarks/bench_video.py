@@ -24,9 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "demo"))
-import dataloader  # noqa: E402
+import image_io  # noqa: E402
 import make_video as mv  # noqa: E402
-from test import Tester, available_cpus  # noqa: E402
+from enhance import Enhancer, available_cpus  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 WIDTH, HEIGHT, FPS = 1280, 720, 30
@@ -49,7 +49,7 @@ def get_bench_parser():
 def scene(photo_path):
     """A dark 1080p picture to pan across: the photo, or a gradient when ../shared is absent."""
     if Path(photo_path).is_file():
-        image = dataloader.read_image(photo_path)[0][..., :3]
+        image = image_io.read_image(photo_path)[0][..., :3]
         if image.shape[0] >= HEIGHT + 100 and image.shape[1] >= WIDTH + 300:
             return image
     y, x = np.mgrid[0:1080, 0:1920]
@@ -90,9 +90,9 @@ def timed(fn):
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def flicker_line(name, tester, src, out, smoothing, crf, preset):
-    plain = mv.enhance_video(tester, src, out, 0.0, crf, preset)
-    smooth = mv.enhance_video(tester, src, out, smoothing, crf, preset)
+def flicker_line(name, enhancer, src, out, smoothing, crf, preset):
+    plain = mv.enhance_video(enhancer, src, out, 0.0, crf, preset)
+    smooth = mv.enhance_video(enhancer, src, out, smoothing, crf, preset)
     return (f"{name:<28}{plain['flicker_in']:>8.3f}{plain['flicker_out']:>8.3f} ({plain['flicker_out'] / plain['flicker_in']:.2f}x)"
             f"{smooth['flicker_out']:>8.3f} ({smooth['flicker_out'] / smooth['flicker_in']:.2f}x)")
 
@@ -103,22 +103,22 @@ def main(args):
         src, lamp = tmp / "pan.mp4", tmp / "lamp.mp4"
         make_clip(src, args.photo, args.frames, args.crf, args.preset)
         make_clip(lamp, args.photo, 30, args.crf, args.preset, pan=False, lamp_flicker=0.05)
-        testers = {p: Tester(args.weight_dir, 12, args.device, p) for p in args.precision}
+        enhancers = {p: Enhancer(args.weight_dir, 12, args.device, p) for p in args.precision}
         times = {name: [] for name in ["transcode", *args.precision]}
         for _ in range(args.repeat):
             times["transcode"].append(timed(lambda: transcode(src, tmp / "plain.mp4", args.crf, args.preset)))
-            for precision, tester in testers.items():
-                times[precision].append(timed(lambda: mv.enhance_video(tester, src, tmp / "out.mp4", 0.0, args.crf,
+            for precision, enhancer in enhancers.items():
+                times[precision].append(timed(lambda: mv.enhance_video(enhancer, src, tmp / "out.mp4", 0.0, args.crf,
                                                                        args.preset)))
         first = args.precision[0]
-        flicker = [flicker_line(f"pan, {args.frames} frames", testers[first], src, tmp / "out.mp4", args.smoothing,
+        flicker = [flicker_line(f"pan, {args.frames} frames", enhancers[first], src, tmp / "out.mp4", args.smoothing,
                                 args.crf, args.preset),
-                   flicker_line("still, lamp +-5%, 30 frames", testers[first], lamp, tmp / "out.mp4", args.smoothing,
+                   flicker_line("still, lamp +-5%, 30 frames", enhancers[first], lamp, tmp / "out.mp4", args.smoothing,
                                 args.crf, args.preset)]
 
     floor, floor_cpu = (statistics.median(t[i] for t in times["transcode"]) for i in (0, 1))
     print(f"\n{args.frames} frames {WIDTH}x{HEIGHT}, libx264 crf {args.crf} preset {args.preset}, "
-          f"device {testers[first].device}, {available_cpus()} CPUs, medians of {args.repeat}")
+          f"device {enhancers[first].device}, {available_cpus()} CPUs, medians of {args.repeat}")
     print(f"{'run':<28}{'seconds':>9}{'frames/s':>10}{'x floor':>9}{'CPU s':>8}{'x floor':>9}")
     for name, values in times.items():
         label = "decode + re-encode (floor)" if name == "transcode" else f"enhance {name}"

@@ -7,7 +7,7 @@ Flask serves one page of plain HTML, CSS and JavaScript from demo/templates and 
 web font or analytics, and a Content-Security-Policy that lets the page load nothing from elsewhere.
 The server keeps nothing per visitor: a photo is the body of one POST /api/enhance request, decoded
 and enhanced in memory, and the PNG goes back in that request's response. The enhancement is
-test.py's `Tester` (one per scale factor), so the page computes exactly what `python test.py` does.
+enhance.Enhancer, as in test.py, so the page computes exactly what `python test.py` does.
 """
 import io
 import mimetypes
@@ -24,9 +24,9 @@ from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import make_server
 
-from dataloader import ImageReadError, decode_image, encode_image, find_images, load_rgb
-from option import get_demo_parser
-from test import Tester
+from enhance import Enhancer
+from image_io import decode_image, encode_image, find_images, load_rgb
+from option import UserError, get_demo_parser, run_script
 
 HERE = Path(__file__).resolve().parent
 SCALE_CHOICES = (1, 2, 4, 8, 12, 16, 24)
@@ -67,13 +67,13 @@ def read_body(stream, max_bytes):
 
 
 def decode_upload(data, name, max_pixels):
-    """Uploaded bytes -> the array Tester.enhance_array takes, decoded as test.py decodes files (EXIF
+    """Uploaded bytes -> the array Enhancer.enhance_array takes, decoded as test.py decodes files (EXIF
     orientation, alpha and 16 bits kept; the pixel limit checked from the header, before decoding)."""
     if not data:
         raise BadRequest("No image received: choose a photo or a sample.")
     try:
         return decode_image(data, name, max_pixels)[0]
-    except ImageReadError as e:
+    except UserError as e:
         raise BadRequest(f"{e}. Upload a JPEG, PNG, BMP, TIFF or WebP photo.") from None
 
 
@@ -144,30 +144,23 @@ def check_network_size(shape, scale, choices, max_network_pixels):
 # ---------------------------------------------------------------------------------------------
 # The app
 # ---------------------------------------------------------------------------------------------
-class Enhancer:
-    """test.py's Tester per scale factor (built on first use, then kept), one enhancement at a time:
-    two big photos at once would double the peak memory, and one already keeps every core busy."""
+class SerialEnhancer:
+    """One Enhancer (weights loaded once, at start-up, so bad weights stop the server before the first
+    visitor), one enhancement at a time: two big photos at once would double the peak memory, and one
+    already keeps every core busy."""
 
     def __init__(self, args):
-        self.args = args
-        self.testers = {}
+        self.enhancer = Enhancer(args.weight_dir, args.scale_factor, args.device, args.precision)
         self.lock = threading.Lock()
-        self.tester(args.scale_factor)  # bad weights stop the server at start-up, not at the first visitor
-
-    def tester(self, scale):
-        if scale not in self.testers:
-            self.testers[scale] = Tester(weight_dir=self.args.weight_dir, scale_factor=scale,
-                                         device=self.args.device, precision=self.args.precision)
-        return self.testers[scale]
 
     def __call__(self, image, scale, strength):
         with self.lock:
-            return self.tester(scale).enhance_array(image, strength=strength)
+            return self.enhancer.enhance_array(image, scale_factor=scale, strength=strength)
 
 
 def create_app(args):
-    """The Flask app; raises ValueError (model.CheckpointError for a bad weights file) for bad arguments."""
-    enhancer = Enhancer(args)
+    """The Flask app; raises UserError for bad arguments (a bad weights file, fp16 on a CPU)."""
+    enhancer = SerialEnhancer(args)
     samples = collect_samples(args.samples_dir)
     scales = tuple(sorted(set(SCALE_CHOICES) | {args.scale_factor}))
     max_upload_bytes = int(args.max_upload_mb * 1e6)
@@ -246,14 +239,11 @@ def listen(host, port):
     try:
         return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as e:
-        sys.exit(f"error: cannot listen on {host}:{port} ({e.strerror}); choose another port with --port")
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another port with --port") from None
 
 
 def main(args):
-    try:
-        app = create_app(args)
-    except ValueError as e:  # a bad weights file (model.CheckpointError), fp16 on a CPU
-        sys.exit(f"error: {e}")
+    app = create_app(args)
     sock = listen(args.host, args.port)
     server = make_server(args.host, args.port, app, threaded=True, fd=sock.fileno())
     folder_samples = sum(isinstance(source, Path) for _, source in app.config["SAMPLES"].values())
@@ -269,4 +259,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_demo_parser().parse_args())
+    sys.exit(run_script(main, get_demo_parser()))

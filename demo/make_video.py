@@ -21,40 +21,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's mo
 import av
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from dataloader import atomic_output, find_images, load_rgb, write_image
-from option import get_video_parser
-from test import Tester, available_cpus
-
-
-class VideoError(Exception):
-    """A video that cannot be read or written; the message is one line for the user."""
-
+from enhance import Enhancer, available_cpus, thread_limits
+from image_io import atomic_output, find_images, load_rgb, write_image
+from option import UserError, get_video_parser, run_script
 
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
 def open_video(path):
-    """An input container with a video stream, or VideoError saying what is wrong with the file."""
+    """An input container with a video stream, or UserError saying what is wrong with the file."""
     path = Path(path)
     if not path.is_file():
-        raise VideoError(f"video not found: {path} (give an existing file, e.g. --video_path clip.mp4)")
+        raise UserError(f"video not found: {path} (give an existing file, e.g. --video_path clip.mp4)")
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as e:
-        raise VideoError(f"{path} is not a readable video ({e.strerror}): not a video file, or a damaged or "
+        raise UserError(f"{path} is not a readable video ({e.strerror}): not a video file, or a damaged or "
                          "truncated one") from None
     if not container.streams.video:
         container.close()
-        raise VideoError(f"{path} holds no video stream; give a video file")
+        raise UserError(f"{path} holds no video stream; give a video file")
     return container
 
 
 def decoded(container, path, streams):
     """Audio packets and decoded video frames of `streams`, in file order. FFmpeg's errors become
-    one VideoError, and so does a video that stops before its header says it ends."""
+    one UserError, and so does a video that stops before its header says it ends."""
     video, count, last_pts = container.streams.video[0], 0, None
     try:
         for packet in container.demux(*streams):
@@ -65,9 +59,9 @@ def decoded(container, path, streams):
             elif packet.dts is not None:  # demux ends each stream with an empty flush packet
                 yield packet
     except av.error.FFmpegError as e:
-        raise VideoError(f"{path} is damaged or truncated ({e.strerror}); re-download or re-export it") from None
+        raise UserError(f"{path} is damaged or truncated ({e.strerror}); re-download or re-export it") from None
     if ends_early(video, count, last_pts):
-        raise VideoError(f"{path} is damaged or truncated: it stops after {count} of {video.frames} frames; "
+        raise UserError(f"{path} is damaged or truncated: it stops after {count} of {video.frames} frames; "
                          "re-download or re-export it")
 
 
@@ -89,7 +83,7 @@ def first_frame(path):
     with open_video(path) as container:
         for frame in decoded(container, path, container.streams.video[:1]):
             return frame
-    raise VideoError(f"{path} holds no decodable video frame; give a video file")
+    raise UserError(f"{path} holds no decodable video frame; give a video file")
 
 
 def display_matrix(frame):
@@ -137,25 +131,25 @@ def to_video_frame(rgb, stream, pts, time_base):
 @contextlib.contextmanager
 def video_writer(path):
     """An output container on a temporary file beside `path`, renamed to `path` when the block
-    completes and removed if it fails; FFmpeg's errors become one VideoError naming the output."""
+    completes and removed if it fails; FFmpeg's errors become one UserError naming the output."""
     with atomic_output(path) as tmp:
         try:
             container = av.open(str(tmp), "w")
         except ValueError:  # FFmpeg guesses the format from the extension
-            raise VideoError(f"cannot write {path}: no video format has the extension '{Path(path).suffix}'; "
+            raise UserError(f"cannot write {path}: no video format has the extension '{Path(path).suffix}'; "
                              "use .mp4, .mkv or .mov") from None
         try:
             with container:
                 yield container
         except av.error.FFmpegError as e:
-            raise VideoError(f"cannot write {path} ({e.strerror}); try another extension (.mp4, .mkv, .mov)") from None
+            raise UserError(f"cannot write {path} ({e.strerror}); try another extension (.mp4, .mkv, .mov)") from None
 
 
 # ---------------------------------------------------------------------------------------------
 # Enhancing
 # ---------------------------------------------------------------------------------------------
 class CurveMapEMA:
-    """A map_filter for Tester.enhance_array: exponential moving average of the low-res curve map
+    """A map_filter for Enhancer.enhance_array: exponential moving average of the low-res curve map
     across frames, m_t = alpha * m_{t-1} + (1 - alpha) * r_t, so the curve cannot jump from frame
     to frame. One instance per video (the first frame starts the average)."""
 
@@ -168,18 +162,6 @@ class CurveMapEMA:
         else:
             self.state.mul_(self.alpha).add_(curve_map, alpha=1 - self.alpha)
         return self.state
-
-
-@contextlib.contextmanager
-def network_threads(count):
-    """torch's thread count for a block. The encoder runs its own threads meanwhile; torch threads on
-    top of them wait on each other at every op (5-10x slower on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 class FlickerMeter:
@@ -201,14 +183,16 @@ class FlickerMeter:
         return self.total / self.changes if self.changes else 0.0
 
 
-def enhance_video(tester, src, dst, temporal_smoothing=0.0, crf=18, preset="medium"):
-    """Enhance `src` into `dst` frame by frame with `tester` (a test.Tester). Returns a summary:
+def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="medium"):
+    """Enhance `src` into `dst` frame by frame with `enhancer` (an enhance.Enhancer). Returns a summary:
     frames, size, audio codecs, and the flicker of the input and the output."""
     matrix = display_matrix(first_frame(src))
     map_filter = CurveMapEMA(temporal_smoothing) if temporal_smoothing > 0 else None
     flicker_in, flicker_out = FlickerMeter(), FlickerMeter()
     frames = next_pts = 0
-    with open_video(src) as inp, video_writer(dst) as out, network_threads(max(1, available_cpus() // 2)):
+    # The network gets half the cores, the encoder's own threads the rest (see thread_limits).
+    with open_video(src) as inp, video_writer(dst) as out, \
+            thread_limits(torch_threads=max(1, available_cpus() // 2), opencv_threads=0):
         vin = inp.streams.video[0]
         rate = vin.average_rate or vin.guessed_rate or 30
         vout = add_h264_stream(out, vin.codec_context.width, vin.codec_context.height, rate, vin.time_base, crf, preset,
@@ -222,7 +206,7 @@ def enhance_video(tester, src, dst, temporal_smoothing=0.0, crf=18, preset="medi
                     out.mux(item)
                     continue
                 rgb = to_rgb(item)
-                enhanced = tester.enhance_array(rgb, map_filter=map_filter)
+                enhanced = enhancer.enhance_array(rgb, map_filter=map_filter)
                 flicker_in.add(rgb)
                 flicker_out.add(enhanced)
                 # Raw streams (.h264) carry no timestamps: such frames follow each other.
@@ -253,7 +237,7 @@ def video_to_frames(src, pattern):
     A folder that already holds images is refused: old frames would be overwritten, or joined later."""
     folder = Path(pattern % 0).parent
     if folder.is_dir() and find_images(folder):
-        raise VideoError(f"{folder} already holds images; give an empty or new folder for the frames")
+        raise UserError(f"{folder} already holds images; give an empty or new folder for the frames")
     count = 0
     with open_video(src) as inp:
         vin = inp.streams.video[0]
@@ -278,7 +262,7 @@ def frames_to_video(folder, dst, fps, crf=18, preset="medium"):
     """Join the images under `folder` (sorted numerically) into a video at `fps`. Returns the count."""
     paths = sorted(find_images(folder), key=numeric_order)
     if not paths:
-        raise VideoError(f"no frames found in {folder}; give the folder of images with --image_folder")
+        raise UserError(f"no frames found in {folder}; give the folder of images with --image_folder")
     rate = Fraction(fps).limit_denominator(1001)
     first = load_rgb(paths[0])
     with video_writer(dst) as out:
@@ -286,7 +270,7 @@ def frames_to_video(folder, dst, fps, crf=18, preset="medium"):
         for i, path in enumerate(tqdm(paths, unit="frame", desc="I2V")):
             rgb = np.asarray(load_rgb(path))
             if rgb.shape[:2] != (first.height, first.width):
-                raise VideoError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, the other frames {first.width}x{first.height}; "
+                raise UserError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, the other frames {first.width}x{first.height}; "
                                  "all frames of a video must have one size")
             out.mux(stream.encode(to_video_frame(rgb, stream, i, 1 / rate)))
         out.mux(stream.encode(None))
@@ -305,15 +289,12 @@ def main(args):
     else:
         dst = args.save_path or str(Path(args.video_path).with_name(Path(args.video_path).stem + "_enhanced.mp4"))
         open_video(args.video_path).close()  # a bad video fails before the network loads
-        tester = Tester(args.weight_dir, args.scale_factor, args.device, args.precision)
-        s = enhance_video(tester, args.video_path, dst, args.temporal_smoothing, args.crf, args.preset)
+        enhancer = Enhancer(args.weight_dir, args.scale_factor, args.device, args.precision)
+        s = enhance_video(enhancer, args.video_path, dst, args.temporal_smoothing, args.crf, args.preset)
         audio = f"audio copied ({', '.join(s['audio'])})" if s["audio"] else "no audio"
         print(f"wrote {dst}: {s['frames']} frames, {s['width']}x{s['height']}, {audio}; flicker (mean |change| of "
               f"brightness frame to frame): input {s['flicker_in']:.3f}, output {s['flicker_out']:.3f}")
 
 
 if __name__ == "__main__":
-    try:
-        main(get_video_parser().parse_args())
-    except (VideoError, ValueError, OSError) as e:  # bad video or weights, unwritable output
-        sys.exit(f"error: {e}")
+    sys.exit(run_script(main, get_video_parser()))

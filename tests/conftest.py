@@ -4,11 +4,16 @@ import os
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("SGZ_SHARED", ROOT.parent / "shared"))
+
+import model  # noqa: E402  (after the path is set)
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +26,28 @@ def shared():
 @pytest.fixture(scope="session")
 def official_weights(shared):
     return shared / "reference" / "sgz_official_Epoch99.pth"
+
+
+@pytest.fixture(scope="module")
+def strong_weights(tmp_path_factory):
+    """A random network whose last layer is scaled up so that its curve map spans [-1, 1]: every
+    branch of the curve is exercised (the official weights are tested where ../shared is present)."""
+    torch.manual_seed(0)
+    net = model.EnhanceNet()
+    with torch.no_grad():
+        net.e_conv7.point_conv.weight.mul_(30)
+    path = tmp_path_factory.mktemp("weights") / "strong.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def dark_image(shape, dtype=np.uint8, seed=0):
+    """A smooth, dark test photo (HxW or HxWx3) of the given integer dtype."""
+    top = np.iinfo(dtype).max
+    smooth = cv2.resize(np.random.default_rng(seed).random((8, 8, 3)), (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+    image = np.clip(smooth ** 3 * 0.4 * top, 0, top).astype(dtype)
+    return image if len(shape) == 3 else image[..., 0]
+
+
+def max_abs_diff(a, b):
+    return np.abs(a.astype(np.int64) - b.astype(np.int64)).max()

@@ -18,9 +18,9 @@ import skimage.data
 import torch
 from PIL import Image
 
-import test as sgz_test  # the project's test.py, by module: pytest would try to collect a class named Tester
 from conftest import ROOT
-from dataloader import encode_image
+from enhance import Enhancer
+from image_io import encode_image, read_image, write_image
 from model import EnhanceNet
 from option import get_demo_parser
 
@@ -84,10 +84,12 @@ def test_upload_comes_back_enhanced_at_full_size(client):
 
 
 def test_result_is_exactly_what_test_py_writes(weights, tmp_path):
-    """One code path: the page's PNG equals Tester.enhance_file's output for the same photo and options."""
+    """One code path: the page's PNG equals what test.py writes (read_image, Enhancer, write_image) for the
+    same photo and options."""
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(dark_photo())
-    sgz_test.Tester(weight_dir=str(weights), scale_factor=4, device="cpu").enhance_file(photo, tmp_path / "out.png")
+    image = read_image(photo)[0]
+    write_image(tmp_path / "out.png", Enhancer(weights, device="cpu").enhance_array(image, scale_factor=4))
     response = enhance(make_client(weights, tmp_path), photo.read_bytes(), scale_factor=4)
     assert np.array_equal(as_array(response.data), np.asarray(Image.open(tmp_path / "out.png")))
 
@@ -137,7 +139,7 @@ def test_a_failure_inside_the_enhancer_is_reported_and_the_server_goes_on(client
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("not enough memory")
 
-    monkeypatch.setattr(sgz_test.Tester, "enhance_array", out_of_memory)
+    monkeypatch.setattr(Enhancer, "enhance_array", out_of_memory)
     response = enhance(client, dark_photo())
     assert response.status_code == 500 and "not enough memory" in response.get_json()["error"]
     monkeypatch.undo()

@@ -14,8 +14,8 @@ from PIL import Image
 
 import evaluate
 import niqe
-from dataloader import IMAGE_EXTENSIONS
-from option import get_evaluate_parser
+from image_io import IMAGE_EXTENSIONS
+from option import UserError, get_evaluate_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def save(path, rgb01):
 
 
 def run(argv):
-    return evaluate.main(get_evaluate_parser().parse_args(argv))
+    return evaluate.evaluate(get_evaluate_parser().parse_args(argv))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_crop_compares_the_common_top_left_region(folders):
         path.unlink()
     argv = ["--pred_dir", str(folders / "m1"), "--gt_dir", str(folders / "gt"), "--out_dir", str(folders / "eval"),
             "--no-niqe", "--no-lpips"]
-    with pytest.raises(evaluate.EvaluationError, match="is 192x128 but .* is 180x120; pass --crop"):
+    with pytest.raises(UserError, match="is 192x128 but .* is 180x120; pass --crop"):
         run(argv)
     run(argv + ["--crop"])
     with open(folders / "eval" / "per_image.csv") as f:
@@ -211,7 +211,7 @@ def test_bad_input_is_one_clear_error(folders, case, message):
         argv[-2] = str(folders / "m1" / "eval")
     elif case == "labels":
         argv += ["--labels", "a", "b"]
-    with pytest.raises(evaluate.EvaluationError, match=message) as error:
+    with pytest.raises(UserError, match=message) as error:
         run(argv)
     assert "\n" not in str(error.value)
 
@@ -220,7 +220,7 @@ def test_command_line_error_is_one_line_and_nonzero(tmp_path):
     (tmp_path / "empty").mkdir()
     result = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--pred_dir", str(tmp_path / "empty"),
                              "--out_dir", str(tmp_path / "eval")], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 1
+    assert result.returncode == 2  # the command cannot run
     assert result.stderr.strip().splitlines() == [f"error: no images in {tmp_path / 'empty'} (looked for "
                                                   f"{' '.join(IMAGE_EXTENSIONS)}, recursively)"]
     assert not (tmp_path / "eval").exists()

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from loss import SGZLoss
-from model import (CheckpointError, EnhanceNet, SegmentationNet, apply_curve, load_enhance_net)
+from model import EnhanceNet, SegmentationNet, apply_curve, load_enhance_net
+from option import UserError
 
 
 def parity_input(z, i):
@@ -68,9 +69,9 @@ def test_wrong_architecture_names_the_file(tmp_path):
     sd["e_conv1.point_conv.weight"] = torch.zeros(16, 3, 1, 1)
     bad = tmp_path / "wrong_shape.pth"
     torch.save(sd, bad)
-    with pytest.raises(CheckpointError, match="wrong_shape.pth"):
+    with pytest.raises(UserError, match="wrong_shape.pth"):
         load_enhance_net(bad)
-    with pytest.raises(CheckpointError, match="wrong_shape.pth"):
+    with pytest.raises(UserError, match="wrong_shape.pth"):
         load_enhance_net(bad, conv_type="tc")
 
 
@@ -78,9 +79,9 @@ def test_wrong_architecture_names_the_file(tmp_path):
 def test_not_a_checkpoint_names_the_file(tmp_path, content):
     bad = tmp_path / "notes.pth"
     bad.write_bytes(content)
-    with pytest.raises(CheckpointError, match="notes.pth"):
+    with pytest.raises(UserError, match="notes.pth"):
         load_enhance_net(bad)
-    with pytest.raises(CheckpointError, match="missing.pth"):
+    with pytest.raises(UserError, match="missing.pth"):
         load_enhance_net(tmp_path / "missing.pth")
 
 
@@ -167,5 +168,5 @@ def test_local_backbone_file_is_used(tmp_path):
     torch.save(sd, tmp_path / "r50.pth")
     seg = SegmentationNet(backbone=str(tmp_path / "r50.pth"))
     assert torch.all(seg.resnet.conv1.weight == 0.5)
-    with pytest.raises(CheckpointError, match="nope.pth"):
+    with pytest.raises(UserError, match="nope.pth"):
         SegmentationNet(backbone=str(tmp_path / "nope.pth"))

@@ -11,7 +11,7 @@ from PIL import Image
 
 import train
 from model import EnhanceNet, load_enhance_net
-from option import get_train_parser
+from option import UserError, get_train_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(images, tmp_path, monkey
         return (total * float("nan"), terms) if calls["n"] == 2 or calls["n"] >= 4 else (total, terms)
 
     monkeypatch.setattr(t.criterion, "forward", sometimes_nan)
-    with pytest.raises(train.TrainingError, match="non-finite"):
+    with pytest.raises(UserError, match="non-finite"):
         t.train()
     assert "step 2; step skipped" in capsys.readouterr().err
     assert all(torch.isfinite(v).all() for v in t.net.state_dict().values())

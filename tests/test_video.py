@@ -13,7 +13,7 @@ import torch
 
 from conftest import ROOT
 from model import EnhanceNet
-from option import get_video_parser
+from option import UserError, get_video_parser
 
 sys.path.insert(0, str(ROOT / "demo"))
 import make_video as mv  # noqa: E402
@@ -75,9 +75,9 @@ def decode_rgb(path):
 
 
 class Identity:
-    """Stands in for the Tester where only the plumbing is under test."""
+    """Stands in for the Enhancer where only the plumbing is under test."""
 
-    def enhance_array(self, image, strength=1.0, map_filter=None):
+    def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
         return image.copy()
 
 
@@ -91,8 +91,8 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tester(weights):
-    from test import Tester
-    return Tester(str(weights), scale_factor=12, device="cpu")
+    from enhance import Enhancer
+    return Enhancer(str(weights), scale_factor=12, device="cpu")
 
 
 def leftovers(folder, keep=()):
@@ -158,8 +158,8 @@ def test_temporal_smoothing_changes_later_frames_only(tmp_path, tester):
         def __init__(self):
             self.outputs = []
 
-        def enhance_array(self, image, strength=1.0, map_filter=None):
-            self.outputs.append(tester.enhance_array(image, strength, map_filter))
+        def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
+            self.outputs.append(tester.enhance_array(image, scale_factor, strength, map_filter))
             return self.outputs[-1]
 
     src = make_clip(tmp_path / "in.mp4", audio=False)
@@ -205,7 +205,7 @@ def not_a_video(tmp_path):
                                               (truncated_clip, "damaged or truncated")])
 def test_bad_input_raises_one_line_and_writes_nothing(tmp_path, make_bad, message):
     src = make_bad(tmp_path)
-    with pytest.raises(mv.VideoError, match=message) as e:
+    with pytest.raises(UserError, match=message) as e:
         mv.enhance_video(Identity(), src, tmp_path / "out.mp4")
     assert "\n" not in str(e.value) and str(src) in str(e.value)
     assert not list(tmp_path.glob("*out*"))
@@ -222,7 +222,7 @@ def test_video_cut_mid_stream_is_reported_as_truncated(tmp_path):
                 o.mux(packet)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
-    with pytest.raises(mv.VideoError, match="damaged or truncated"):
+    with pytest.raises(UserError, match="damaged or truncated"):
         mv.enhance_video(Identity(), cut, tmp_path / "out.mp4")
     assert not list(tmp_path.glob("*out*"))
 
@@ -230,7 +230,7 @@ def test_video_cut_mid_stream_is_reported_as_truncated(tmp_path):
 def test_failed_run_keeps_an_existing_output(tmp_path):
     old = tmp_path / "out.mp4"
     old.write_bytes(b"yesterday's result")
-    with pytest.raises(mv.VideoError):
+    with pytest.raises(UserError):
         mv.enhance_video(Identity(), not_a_video(tmp_path), old)
     assert old.read_bytes() == b"yesterday's result"
     assert leftovers(tmp_path) == ["notes.mp4", "out.mp4"]
@@ -238,7 +238,7 @@ def test_failed_run_keeps_an_existing_output(tmp_path):
 
 def test_interrupted_run_leaves_no_file(tmp_path):
     class Interrupted:
-        def enhance_array(self, image, strength=1.0, map_filter=None):
+        def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
             raise KeyboardInterrupt
 
     src = make_clip(tmp_path / "in.mp4")
@@ -259,7 +259,7 @@ def test_v2i_writes_upright_numbered_frames_and_i2v_joins_them_in_numeric_order(
     from PIL import Image
     with Image.open(frames / "0.jpg") as im:
         assert im.size == (64, 96)  # turned upright: the display matrix said 90 degrees
-    with pytest.raises(mv.VideoError, match="already holds images"):
+    with pytest.raises(UserError, match="already holds images"):
         mv.video_to_frames(src, mv.frame_path_pattern(frames))
 
     args = get_video_parser().parse_args(["--choice", "I2V", "--image_folder", str(frames), "--video_path", str(src),
@@ -275,7 +275,7 @@ def test_i2v_refuses_frames_of_different_sizes(tmp_path):
     from PIL import Image
     Image.new("RGB", (32, 32)).save(tmp_path / "0.png")
     Image.new("RGB", (32, 30)).save(tmp_path / "1.png")
-    with pytest.raises(mv.VideoError, match="one size"):
+    with pytest.raises(UserError, match="one size"):
         mv.frames_to_video(tmp_path, tmp_path / "out.mp4", 25)
     assert not list(tmp_path.glob("*out*"))
 
@@ -308,7 +308,7 @@ def test_test_video_sh_runs_the_official_frames_workflow_from_its_variables(tmp_
 
 
 @pytest.mark.parametrize("args,code,message", [((), 2, "usage: bash test_video.sh"),
-                                               (("missing.mp4",), 1, "error: video not found: missing.mp4")])
+                                               (("missing.mp4",), 2, "error: video not found: missing.mp4")])
 def test_test_video_sh_fails_in_one_line(args, code, message):
     result = run_script(*args)
     assert result.returncode == code

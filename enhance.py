@@ -1,0 +1,187 @@
+"""Whole-photo enhancement: an image array in, the enhanced array out, exactly what `model.EnhanceNet`
+computes on it, fast and in little memory. test.py, the video script, the web demo, the benchmarks and
+the ONNX export all enhance through `Enhancer`.
+
+    enhancer = Enhancer("weight/sgz.pth", device="auto")    # precision="fp32" | "bf16" | "fp16"
+    bright = enhancer.enhance_array(dark)                   # HxW, HxWx3 or HxWx4, uint8 or uint16 -> the same
+    gentle = enhancer.enhance_array(dark, scale_factor=4, strength=0.5)
+
+How: the network only ever sees the 1/s copy of a photo, built from the few rows and columns that
+bilinear resizing reads (in the image's own integer type); its curve map is resized back and the 8-step
+curve applied a band of rows at a time, in place, straight into an output array of the input's type,
+so a 100-megapixel photo needs no full-resolution float copy. Results equal the straightforward fp32
+computation to 1/255 (rounding ties aside).
+"""
+import contextlib
+import os
+
+import cv2
+import numpy as np
+import torch
+
+import model
+from option import UserError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as OpenCV and Pillow turn RGB into grey
+# Elements of one band of rows: on a CPU the band's four float buffers (1 MB) stay in L2 cache, where
+# the 20 ops per element run 6-8x faster than over whole images; on a GPU bands only bound the memory
+# (128 MB of buffers for each image in flight).
+BAND_ELEMENTS = {"cpu": 1 << 16, "other": 1 << 23}
+
+
+def source_indices(in_size, out_size, align_corners, device="cpu"):
+    """For each output position along one axis: the two source positions and the weight of the second,
+    as F.interpolate(mode="bilinear") computes them (no antialias), so that a resize can be done in pieces."""
+    dst = torch.arange(out_size, dtype=torch.float32, device=device)
+    if align_corners:
+        src = dst * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+    else:
+        src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp_(min=0)
+    i0 = src.long().clamp_(max=in_size - 1)
+    i1 = (i0 + 1).clamp_(max=in_size - 1)
+    return i0, i1, (src - i0).clamp_(0, 1)
+
+
+def resize_axis(x, dim, size, align_corners):
+    """Bilinear resize of one axis of x to `size` (float result; integer inputs are converted after the
+    gather, so a 1/12 copy converts 1/6 of the rows)."""
+    i0, i1, weight = source_indices(x.shape[dim], size, align_corners, x.device)
+    shape = [1] * x.dim()
+    shape[dim] = size
+    return torch.lerp(x.index_select(dim, i0).float(), x.index_select(dim, i1).float(), weight.view(shape))
+
+
+def row_upsampler(low_rows, height):
+    """Bands of rows of the align_corners=True bilinear resize of low_rows (h, N) to `height` rows, as
+    F.interpolate computes them. Returns fill(top, bottom, out), which writes rows top..bottom-1 into out
+    (bottom - top, N) with one small matmul over the few low-res rows that the band lies between."""
+    h = low_rows.shape[0]
+    i0, i1, weight = source_indices(h, height, align_corners=True, device=low_rows.device)
+    matrix = torch.zeros(height, h, device=low_rows.device)  # 2 non-zeros a row
+    rows = torch.arange(height, device=low_rows.device)
+    matrix.index_put_((rows, i0), 1 - weight, accumulate=True)
+    matrix.index_put_((rows, i1), weight, accumulate=True)
+    first, last = i0.tolist(), i1.tolist()
+
+    def fill(top, bottom, out):
+        lo, hi = first[top], last[bottom - 1] + 1
+        return torch.mm(matrix[top:bottom, lo:hi], low_rows[lo:hi], out=out)
+    return fill
+
+
+def apply_curve_(x, curve_map, scratch, scale):
+    """scale * model.apply_curve(x, curve_map) + 0.5, ready to be truncated to integers, computed in x.
+    Two ops a step (x + r(x^2 - x) = x((1 - r) + r x)) and no allocation: `scratch` holds two more
+    tensors like x. For r in [-1, 1] the curve maps [0, 1] into [0, 1], so no clamp is needed."""
+    one_minus_r, factor = scratch
+    torch.sub(1, curve_map, out=one_minus_r)
+    for _ in range(model.NUM_CURVE_STEPS - 1):
+        x.mul_(torch.addcmul(one_minus_r, curve_map, x, out=factor))
+    torch.addcmul(one_minus_r, curve_map, x, out=factor)
+    return torch.addcmul(x.new_full((), 0.5), x, factor, value=scale, out=x)
+
+
+def check_image_array(image):
+    if not (isinstance(image, np.ndarray) and image.dtype in (np.uint8, np.uint16)
+            and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)))):
+        raise ValueError(f"expected a uint8 or uint16 array HxW, HxWx3 or HxWx4; got "
+                         f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}")
+
+
+def available_cpus():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def thread_limits(torch_threads, opencv_threads):
+    """torch's and OpenCV's thread counts for a block, restored after it. Many images (or frames and an
+    encoder) at once want serial ops: an op split over threads waits at a barrier for all of them, and on
+    a busy machine that wait is a scheduler time slice (~10 ms) per op (4-200x slower here).
+    opencv_threads 0 runs each OpenCV call in its calling thread."""
+    old = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(opencv_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old[0])
+        cv2.setNumThreads(old[1])
+
+
+class Enhancer:
+    """The trained enhancement net applied to whole photos (numpy arrays), at any scale factor and strength.
+    Loads the weights once; one instance serves every scale factor and thread."""
+
+    def __init__(self, weight_dir="weight/sgz.pth", scale_factor=12, device="auto", precision="fp32", conv_type=None):
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device = model.get_device(device) if isinstance(device, str) else torch.device(device)
+        if precision == "fp16" and self.device.type == "cpu":
+            raise UserError("--precision fp16 needs a GPU; on a CPU use bf16")
+        self.scale_factor, self.precision = scale_factor, precision
+        # The net runs at scale 1 on the 1/s copy this class makes itself (from a few rows, in the image's
+        # own dtype); channels-last is 1.5x faster on CPU and is the layout an HxWx3 array already has.
+        self.net = model.load_enhance_net(weight_dir, scale_factor=1, device=self.device, conv_type=conv_type)
+        self.net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self.band_elements = BAND_ELEMENTS["cpu" if self.device.type == "cpu" else "other"]
+
+    def autocast(self):
+        if PRECISIONS[self.precision] is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def curve_map_rows(self, rgb, full_scale, scale_factor, strength, map_filter):
+        """The curve map of the integer image rgb (H, W, C) / full_scale computed on its 1/s copy and
+        resized to the full width: (h, W, 3). Rows of the full-size map are then interpolated band by band."""
+        height, width = rgb.shape[:2]
+        h, w = model.downscaled_size(height, width, scale_factor)
+        small = resize_axis(resize_axis(rgb, 0, h, align_corners=False), 1, w, align_corners=False).div_(full_scale)
+        x = small.expand(h, w, 3).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            curve_map = self.net.curve_map_lowres(x).float()  # (1, 3, h, w)
+        if strength != 1:
+            curve_map = curve_map * strength
+        if map_filter is not None:
+            curve_map = map_filter(curve_map)
+        curve_map = curve_map.clamp(-1, 1)  # keeps the curve inside [0, 1] (tanh already is; filters may not be)
+        return resize_axis(curve_map[0].permute(1, 2, 0), 1, width, align_corners=True)  # (h, W, 3)
+
+    @torch.inference_mode()
+    def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
+        """image: numpy HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA), dtype uint8 or uint16.
+        Returns a new array of the same shape and dtype (alpha passed through unchanged).
+        scale_factor: the curve map is computed on a 1/s copy (None: the one given at construction).
+        strength: multiplies the curve map (clamped to [-1, 1]); 1.0 is the paper's model exactly,
+        <1 gives a gentler, >1 a stronger enhancement.
+        map_filter: optional callable applied to the low-resolution curve map, a float tensor
+        (1, 3, h, w), before it is resized to full resolution (e.g. temporal smoothing of video frames)."""
+        check_image_array(image)
+        full_scale = float(np.iinfo(image.dtype).max)
+        pixels = torch.from_numpy(np.ascontiguousarray(image))
+        out = torch.from_numpy(np.empty_like(image))
+        grey = image.ndim == 2
+        if image.ndim == 3 and image.shape[2] == 4:
+            out[..., 3] = pixels[..., 3]
+        rgb = pixels[..., None] if grey else pixels[..., :3]  # (H, W, 1 or 3), still integers
+        if rgb.dtype == torch.uint16 and self.device.type != "cpu":
+            rgb = rgb.int()  # uint16 has few kernels off the CPU
+        rgb = rgb.to(self.device)
+        out_rgb = out if grey else out[..., :3]
+        height, width = image.shape[:2]
+        curve_rows = self.curve_map_rows(rgb, full_scale, scale_factor or self.scale_factor, strength,
+                                         map_filter)  # (h, W, 3)
+        fill_curve_map = row_upsampler(curve_rows.view(-1, width * 3), height)
+        luma = torch.tensor(LUMA, device=self.device)
+        band = max(1, min(height, self.band_elements // (width * 3)))
+        buffers = torch.empty(4, band, width, 3, device=self.device)
+        for top in range(0, height, band):
+            bottom = min(top + band, height)
+            x, curve_map, *scratch = (b[:bottom - top] for b in buffers)  # (rows, W, 3) each
+            fill_curve_map(top, bottom, out=curve_map.view(-1, width * 3))
+            torch.div(rgb[top:bottom].expand(-1, -1, 3), full_scale, out=x)
+            y = apply_curve_(x, curve_map, scratch, full_scale)
+            # Truncating y rounds half up, as save_image does. A GPU band comes back as floats and is
+            # converted here: PyTorch has few uint16 kernels off the CPU.
+            out_rgb[top:bottom].copy_((y @ luma if grey else y).cpu())
+        return out.numpy()

@@ -1,0 +1,138 @@
+"""enhance.py: the Enhancer computes what the network computes (to 1/255) in bands and from a few rows,
+on every kind of image, at every scale factor and strength."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import image_io
+import model
+from conftest import dark_image, max_abs_diff
+from enhance import Enhancer, apply_curve_, resize_axis, row_upsampler
+from option import UserError
+
+
+@pytest.fixture(scope="module")
+def weights(strong_weights):
+    return strong_weights
+
+
+@pytest.fixture(scope="module")
+def enhancer(weights):
+    return Enhancer(weights, device="cpu")
+
+
+@torch.inference_mode()
+def reference(weights, image, scale_factor=12):
+    """The straightforward fp32 computation: model.EnhanceNet on the whole image, rounded like save_image."""
+    top = np.iinfo(image.dtype).max
+    net = model.load_enhance_net(weights, scale_factor=scale_factor).eval()
+    x = torch.from_numpy(image.astype(np.float32) / top).permute(2, 0, 1)[None]
+    return (net(x)[0][0].permute(1, 2, 0) * top + 0.5).clamp(0, top).numpy().astype(image.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The computation
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(240, 360, 3), (241, 359, 3), (100, 37, 3), (13, 11, 3), (1, 1, 3), (700, 20, 3)])
+def test_enhance_array_equals_the_whole_image_computation(weights, enhancer, shape):
+    image = dark_image(shape)
+    out = enhancer.enhance_array(image)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert max_abs_diff(out, reference(weights, image)) <= 1  # 1/255: only rounding ties may differ
+
+
+@pytest.mark.parametrize("scale_factor", [1, 5])
+def test_other_scale_factors(weights, enhancer, scale_factor):
+    image = dark_image((60, 84, 3))
+    out = Enhancer(weights, scale_factor=scale_factor, device="cpu").enhance_array(image)
+    assert max_abs_diff(out, reference(weights, image, scale_factor)) <= 1
+    np.testing.assert_array_equal(enhancer.enhance_array(image, scale_factor=scale_factor), out)  # one net, any scale
+
+
+def test_official_weights_reproduce_the_official_outputs(shared, official_weights):
+    parity = np.load(shared / "reference" / "parity.npz")
+    enhancer = Enhancer(official_weights, device="cpu")
+    for i in range(4):
+        expected = (parity[f"out_s12_{i}"].transpose(1, 2, 0) * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        assert max_abs_diff(enhancer.enhance_array(parity[f"in{i}"]), expected) <= 1
+
+
+def test_bands_of_rows_equal_the_whole_upsample():
+    low = torch.rand(7, 9 * 3) * 2 - 1  # (h, W * 3): the curve map after the column resize
+    whole = F.interpolate(low.view(1, 7, 27, 1).permute(0, 3, 1, 2), size=(50, 27), mode="bilinear",
+                          align_corners=True)[0, 0]
+    fill = row_upsampler(low, 50)
+    for bounds in ([0, 50], [0, 1, 2, 50], [0, 13, 17, 31, 49, 50]):
+        bands = [fill(a, b, out=torch.empty(b - a, 27)) for a, b in zip(bounds, bounds[1:])]
+        torch.testing.assert_close(torch.cat(bands), whole, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sizes", [(360, 480, 30, 40), (361, 479, 30, 40), (100, 37, 8, 3), (7, 5, 1, 1)])
+def test_resizing_from_a_few_rows_equals_f_interpolate(sizes):
+    height, width, h, w = sizes
+    image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8)
+    whole = F.interpolate(image.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear", align_corners=False)
+    ours = resize_axis(resize_axis(image, 0, h, False), 1, w, False)
+    torch.testing.assert_close(ours, whole[0].permute(1, 2, 0), rtol=0, atol=1e-4)  # 0..255 scale
+
+
+def test_in_place_curve_equals_the_model_curve():
+    g = torch.Generator().manual_seed(0)
+    x, r = torch.rand(64, 5, 3, generator=g), torch.rand(64, 5, 3, generator=g) * 2 - 1
+    scratch = (torch.empty_like(x), torch.empty_like(x))
+    ours = apply_curve_(x.clone(), r, scratch, scale=255.0)
+    # the two forms round differently over 8 fp32 steps: ~2e-3 of a 0-255 level at most, far below one level
+    torch.testing.assert_close(ours, model.apply_curve(x, r) * 255 + 0.5, rtol=0, atol=4e-3)
+
+
+def test_band_size_does_not_change_the_result(weights):
+    image = dark_image((97, 61, 3))
+    small_bands = Enhancer(weights, device="cpu")
+    small_bands.band_elements = 1  # one row per band
+    assert max_abs_diff(small_bands.enhance_array(image), Enhancer(weights, device="cpu").enhance_array(image)) == 0
+
+
+def test_grey_rgba_and_16_bit(weights, enhancer):
+    rgb = dark_image((50, 70, 3))
+    grey = enhancer.enhance_array(rgb[..., 1].copy())
+    assert grey.shape == (50, 70) and grey.dtype == np.uint8
+    rgba = np.dstack([rgb, np.arange(50 * 70).reshape(50, 70) % 256]).astype(np.uint8)
+    out = enhancer.enhance_array(rgba)
+    assert out.shape == rgba.shape
+    np.testing.assert_array_equal(out[..., 3], rgba[..., 3])
+    assert max_abs_diff(out[..., :3], enhancer.enhance_array(rgb)) == 0
+    deep = dark_image((50, 70, 3), np.uint16)
+    out16 = enhancer.enhance_array(deep)
+    assert out16.dtype == np.uint16 and max_abs_diff(out16, reference(weights, deep)) <= 2  # of 65535
+
+
+def test_strength_and_map_filter(enhancer):
+    image = dark_image((40, 60, 3))
+    np.testing.assert_array_equal(enhancer.enhance_array(image, strength=0.0), image)  # r = 0: the identity
+    seen = []
+
+    def zero_map(curve_map):
+        seen.append(tuple(curve_map.shape))
+        return torch.zeros_like(curve_map)
+
+    np.testing.assert_array_equal(enhancer.enhance_array(image, map_filter=zero_map), image)
+    assert seen == [(1, 3, 3, 5)]  # the 1/12 map of 40x60
+    gentle, full = (enhancer.enhance_array(image, strength=s).astype(int).mean() for s in (0.5, 1.0))
+    assert image.mean() < gentle < full or image.mean() > gentle > full
+
+
+def test_bf16_is_within_2_of_255_of_fp32(shared, official_weights):
+    image = image_io.read_image(shared / "data" / "test_data" / "real" / "101_0_.png")[0]
+    fp32 = Enhancer(official_weights, device="cpu").enhance_array(image)
+    bf16 = Enhancer(official_weights, device="cpu", precision="bf16").enhance_array(image)
+    assert max_abs_diff(fp32, bf16) <= 2
+
+
+def test_bad_arguments(weights, enhancer):
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
+        Enhancer(weights, device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        enhancer.enhance_array(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(UserError, match="nothere.pth"):
+        Enhancer("nothere.pth", device="cpu")
