@@ -16,10 +16,12 @@ import contextlib
 import os
 
 import cv2
+import numba
 import numpy as np
 import torch
 
 import model
+from model import NUM_CURVE_STEPS
 from option import UserError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,6 +84,71 @@ def apply_curve_(x, curve_map, scratch, scale):
     return torch.addcmul(x.new_full((), 0.5), x, factor, value=scale, out=x)
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def curve_rows_kernel(src, low, first, second, weight, scale, out):
+    """The whole full-resolution step in one pass, for CPUs: for each row i, the curve-map row interpolated
+    between low[first[i]] and low[second[i]] (align_corners=True, as row_upsampler), then the 8-step curve
+    on src[i] / scale, times scale, + 0.5 (truncating then rounds half up), into out[i]. Every value stays
+    in registers: 5x faster than the same arithmetic as PyTorch ops over bands (which read and write the
+    band 20 times). src (H, N) integers; low (h, N) float32; out (H, N) integers, or float32 to keep y.
+    float32 throughout, as the PyTorch path; no division (x * (1 / scale)) so that the loop vectorises."""
+    one, half = np.float32(1.0), np.float32(0.5)
+    scale = np.float32(scale)
+    inverse = one / scale
+    for i in range(src.shape[0]):
+        b = weight[i]
+        a = one - b
+        low0, low1, row, out_row = low[first[i]], low[second[i]], src[i], out[i]
+        for j in range(row.shape[0]):
+            r = a * low0[j] + b * low1[j]
+            one_minus_r = one - r
+            x = np.float32(row[j]) * inverse
+            for _ in range(NUM_CURVE_STEPS - 1):
+                x = x * (one_minus_r + r * x)
+            out_row[j] = half + scale * (x * (one_minus_r + r * x))
+
+
+def apply_curve_cpu(rgb, curve_rows, out_rgb, full_scale, band_elements):
+    """The curve on a CPU with curve_rows_kernel: rgb (H, W, 1 or 3) integers, curve_rows (h, W, 3) float32,
+    into out_rgb (H, W, 3), or (H, W) for grey. Contiguous RGB (what the decoders give) runs in place in one
+    call; RGBA views and grey go through bands of rows copied to contiguous RGB (grey: each y kept as a float
+    and combined with the BT.601 weights before truncation, as the PyTorch path)."""
+    height, width = rgb.shape[:2]
+    first, second, weight = (t.numpy() for t in source_indices(curve_rows.shape[0], height, align_corners=True))
+    low = curve_rows.reshape(curve_rows.shape[0], width * 3)
+    if rgb.shape[2] == 3 and rgb.flags.c_contiguous and out_rgb.flags.c_contiguous:
+        curve_rows_kernel(rgb.reshape(height, -1), low, first, second, weight, full_scale, out_rgb.reshape(height, -1))
+        return
+    grey = out_rgb.ndim == 2
+    band = max(1, min(height, band_elements // (width * 3)))
+    y = np.empty((band, width * 3), np.float32 if grey else out_rgb.dtype)
+    for top in range(0, height, band):
+        bottom = min(top + band, height)
+        src = np.ascontiguousarray(np.broadcast_to(rgb[top:bottom], (bottom - top, width, 3)))
+        rows = slice(top, bottom)
+        curve_rows_kernel(src.reshape(bottom - top, -1), low, first[rows], second[rows], weight[rows], full_scale,
+                          y[:bottom - top])
+        band_y = y[:bottom - top].reshape(bottom - top, width, 3)
+        if grey:
+            out_rgb[rows] = band_y @ np.array(LUMA, np.float32)  # truncated, as y itself would be
+        else:
+            out_rgb[rows] = band_y
+
+
+NEGLIGIBLE_WEIGHT = 1e-20
+
+
+@torch.no_grad()
+def zero_negligible_weights_(net):
+    """Set the weights below 1e-20 in magnitude to 0. Weight decay drives most of a trained net's unused
+    weights towards 0 (7,254 of the 10,561 in weight/sgz.pth lie below 1e-12); their products with the
+    activations are subnormal floats, which CPUs compute 10-20x slower (the network pass over a 4K photo's
+    1/12 copy: 1.0 s against 0.06 s). Such weights contribute less than 1e-17 of any output: the results
+    are unchanged (tested bit for bit)."""
+    for weight in net.parameters():
+        weight.masked_fill_(weight.abs() < NEGLIGIBLE_WEIGHT, 0)
+
+
 def check_image_array(image):
     if not (isinstance(image, np.ndarray) and image.dtype in (np.uint8, np.uint16)
             and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)))):
@@ -124,6 +191,7 @@ class Enhancer:
         # own dtype); channels-last is 1.5x faster on CPU and is the layout an HxWx3 array already has.
         self.net = model.load_enhance_net(weight_dir, scale_factor=1, device=self.device, conv_type=conv_type)
         self.net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        zero_negligible_weights_(self.net)
         self.band_elements = BAND_ELEMENTS["cpu" if self.device.type == "cpu" else "other"]
 
     def autocast(self):
@@ -158,30 +226,37 @@ class Enhancer:
         (1, 3, h, w), before it is resized to full resolution (e.g. temporal smoothing of video frames)."""
         check_image_array(image)
         full_scale = float(np.iinfo(image.dtype).max)
-        pixels = torch.from_numpy(np.ascontiguousarray(image))
-        out = torch.from_numpy(np.empty_like(image))
-        grey = image.ndim == 2
+        out = np.empty_like(image)
         if image.ndim == 3 and image.shape[2] == 4:
-            out[..., 3] = pixels[..., 3]
-        rgb = pixels[..., None] if grey else pixels[..., :3]  # (H, W, 1 or 3), still integers
-        if rgb.dtype == torch.uint16 and self.device.type != "cpu":
-            rgb = rgb.int()  # uint16 has few kernels off the CPU
-        rgb = rgb.to(self.device)
+            out[..., 3] = image[..., 3]
+        grey = image.ndim == 2
+        rgb = image[..., None] if grey else image[..., :3]  # (H, W, 1 or 3), still integers
         out_rgb = out if grey else out[..., :3]
-        height, width = image.shape[:2]
-        curve_rows = self.curve_map_rows(rgb, full_scale, scale_factor or self.scale_factor, strength,
-                                         map_filter)  # (h, W, 3)
+        pixels = torch.from_numpy(np.ascontiguousarray(rgb) if self.device.type == "cpu" else rgb)
+        if pixels.dtype == torch.uint16 and self.device.type != "cpu":
+            pixels = pixels.int()  # uint16 has few kernels off the CPU
+        curve_rows = self.curve_map_rows(pixels.to(self.device), full_scale, scale_factor or self.scale_factor,
+                                         strength, map_filter)  # (h, W, 3)
+        if self.device.type == "cpu":
+            apply_curve_cpu(rgb, curve_rows.numpy(), out_rgb, full_scale, self.band_elements)
+        else:
+            self.apply_curve_bands(pixels.to(self.device), curve_rows, out_rgb, full_scale)
+        return out
+
+    def apply_curve_bands(self, rgb, curve_rows, out_rgb, full_scale):
+        """The curve on a GPU (or MPS), a band of rows at a time with PyTorch ops, into the numpy out_rgb."""
+        height, width = rgb.shape[:2]
         fill_curve_map = row_upsampler(curve_rows.view(-1, width * 3), height)
         luma = torch.tensor(LUMA, device=self.device)
         band = max(1, min(height, self.band_elements // (width * 3)))
         buffers = torch.empty(4, band, width, 3, device=self.device)
+        out_rgb = torch.from_numpy(out_rgb)
         for top in range(0, height, band):
             bottom = min(top + band, height)
             x, curve_map, *scratch = (b[:bottom - top] for b in buffers)  # (rows, W, 3) each
             fill_curve_map(top, bottom, out=curve_map.view(-1, width * 3))
             torch.div(rgb[top:bottom].expand(-1, -1, 3), full_scale, out=x)
             y = apply_curve_(x, curve_map, scratch, full_scale)
-            # Truncating y rounds half up, as save_image does. A GPU band comes back as floats and is
+            # Truncating y rounds half up, as save_image does. The band comes back as floats and is
             # converted here: PyTorch has few uint16 kernels off the CPU.
-            out_rgb[top:bottom].copy_((y @ luma if grey else y).cpu())
-        return out.numpy()
+            out_rgb[top:bottom].copy_((y @ luma if out_rgb.dim() == 2 else y).cpu())

@@ -1,20 +1,28 @@
-"""How fast and how big `python test.py` is, as a user runs it (a whole process: start-up, model load,
-decode, enhance, encode), against the floor measured in the same run: decoding and re-encoding the
-same files with OpenCV, one after another. Also checks the outputs: default mode against the
-straightforward fp32 computation (model.EnhanceNet on the whole image), bf16 against default.
+"""How fast and how big `python test.py` is, against floors measured in the same run on the same files:
 
-    python benchmarks/bench_test.py                                   # ../shared/data/test_data/real
+- the parallel I/O floor: OpenCV decodes and re-encodes every file with test.py's own encoder settings, one
+  thread per core (what test.py would take if enhancing cost nothing);
+- the sequential floor: the same, one file after another with OpenCV's default settings (the older floor).
+
+For `python test.py` it reports the time inside the process (the "N images ... in S s" it prints: decoding,
+enhancing, encoding) and the whole process as a user runs it (start-up, imports, weights, the same work),
+with CPU time and peak RSS. It also checks the outputs: fp32 against the straightforward fp32 computation
+(model.EnhanceNet on the whole image), bf16 against fp32.
+
+    python benchmarks/bench_test.py                                   # ../shared/data/test_data/real, our weights
     python benchmarks/bench_test.py --repeat 3 --mpix100              # medians of 3; a 100-megapixel photo too
 
 Other processes on the machine make single timings noisy: use --repeat and read the ratios.
 """
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -26,35 +34,61 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import image_io  # noqa: E402
 import model  # noqa: E402
+from enhance import available_cpus  # noqa: E402
+
+SHARED = Path(os.environ.get("SGZ_SHARED", ROOT.parent / "shared"))
 
 
 def get_bench_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input_dir", default=str(ROOT.parent / "shared" / "data" / "test_data" / "real"))
-    p.add_argument("--weight_dir", default=str(ROOT.parent / "shared" / "reference" / "sgz_official_Epoch99.pth"))
+    p.add_argument("--input_dir", default=str(SHARED / "data" / "test_data" / "real"))
+    p.add_argument("--weight_dir", default=str(ROOT / "weight" / "sgz.pth"))
     p.add_argument("--repeat", type=int, default=1, help="runs of each configuration (interleaved); medians reported")
     p.add_argument("--skip_check", action="store_true", help="do not compare outputs with the fp32 reference")
+    p.add_argument("--no_bf16", action="store_true", help="leave out the --precision bf16 run")
     p.add_argument("--mpix100", action="store_true", help="also enhance one 100-megapixel photo (wall time, peak RSS)")
     return p
 
 
-def opencv_floor(files, out_dir):
-    """(wall, CPU) seconds to decode and re-encode every file with OpenCV, one after another: the I/O floor."""
+def transcode(src, dst):
+    """Decode and re-encode one file as test.py would write it, with OpenCV (the format's own encoder settings)."""
+    image = cv2.imdecode(np.fromfile(src, np.uint8), cv2.IMREAD_UNCHANGED)
+    ok, encoded = cv2.imencode(dst.suffix, image, image_io.encoder_params(dst.suffix.lower(), 95))
+    encoded.tofile(dst)
+
+
+def parallel_floor(files, out_dir):
+    """(wall, CPU) seconds to decode and re-encode every file, one thread per core (threads=0: OpenCV serial)."""
+    old = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(available_cpus()) as pool:
+        list(pool.map(lambda i: transcode(files[i], out_dir / f"{i}{files[i].suffix}"), range(len(files))))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    cv2.setNumThreads(old)
+    return {"wall": wall, "cpu": cpu}
+
+
+def sequential_floor(files, out_dir):
     start, cpu_start = time.perf_counter(), time.process_time()
     for i, f in enumerate(files):
         cv2.imwrite(str(out_dir / f"{i}{f.suffix}"), cv2.imread(str(f), cv2.IMREAD_UNCHANGED))
-    return time.perf_counter() - start, time.process_time() - cpu_start, float("nan")
+    return {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu_start}
 
 
 def run_test_py(args):
-    """(wall seconds, CPU seconds, peak RSS in GB) of one `python test.py ...` process."""
+    """One `python test.py ...` process: whole-process wall and CPU seconds, peak RSS in GB, and the
+    seconds inside the process that it prints."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "test.py"), *args], cwd=ROOT, stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "test.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"test.py {' '.join(args)} failed")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    inside = float(re.search(r"megapixels in ([\d.]+) s", out).group(1))
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss / 2**20, "inside": inside}
 
 
 @torch.inference_mode()
@@ -66,12 +100,13 @@ def max_differences(input_dir, dir_a, dir_b, weight_dir):
     for src in image_io.find_images(input_dir):
         dst = dir_a / src.relative_to(input_dir)
         image, _ = image_io.read_image(src)
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(image[..., :3]).permute(2, 0, 1)[None].float() / 255
         reference = (net(x)[0][0].permute(1, 2, 0) * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
-        a = image_io.read_image(dst)[0].astype(int)
-        b = image_io.read_image(dir_b / dst.relative_to(dir_a))[0].astype(int)
+        a = image_io.read_image(dst)[0][..., :3].astype(int)
         vs_reference = max(vs_reference, np.abs(a - reference).max())
-        vs_other = max(vs_other, np.abs(a - b).max())
+        if dir_b is not None:
+            b = image_io.read_image(dir_b / dst.relative_to(dir_a))[0][..., :3].astype(int)
+            vs_other = max(vs_other, np.abs(a - b).max())
     return vs_reference, vs_other
 
 
@@ -81,40 +116,58 @@ def make_100mpix_photo(source, path):
     cv2.imwrite(str(path), cv2.resize(image, (12288, 8192), interpolation=cv2.INTER_CUBIC))
 
 
+def median(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
 def main(args):
     files = image_io.find_images(args.input_dir)
+    if not files:
+        sys.exit(f"no images in {args.input_dir} (set --input_dir, or SGZ_SHARED to the shared/ folder)")
     megapixels = sum(np.prod(Image.open(f).size) for f in files) / 1e6
-    print(f"{len(files)} images, {megapixels:.1f} MPix from {args.input_dir}; {os.cpu_count()} CPUs; torch {torch.__version__}")
-    results = {"floor": [], "fp32": [], "bf16": []}
+    print(f"{len(files)} images, {megapixels:.1f} MPix from {args.input_dir}; {available_cpus()} CPUs; "
+          f"torch {torch.__version__}; weights {args.weight_dir}")
+    precisions = ["fp32"] + ([] if args.no_bf16 else ["bf16"])
+    results = {"parallel": [], "sequential": [], **{p: [] for p in precisions}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name in ("floor", "fp32", "bf16"):
+        for name in results:
             (tmp / name).mkdir()
-        for _ in range(args.repeat):
-            results["floor"].append(opencv_floor(files, tmp / "floor"))
-            for precision in ("fp32", "bf16"):
+        for _ in range(args.repeat):  # interleaved, so that a noisy moment hits every configuration alike
+            results["parallel"].append(parallel_floor(files, tmp / "parallel"))
+            results["sequential"].append(sequential_floor(files, tmp / "sequential"))
+            for precision in precisions:
                 results[precision].append(run_test_py(["--input_dir", args.input_dir, "--test_dir", str(tmp / precision),
                                                        "--weight_dir", args.weight_dir, "--precision", precision]))
-        floor = statistics.median(wall for wall, _, _ in results["floor"])
-        print("\n| run | wall (s) | x floor | CPU (s) | peak RSS (GB) |\n|---|---|---|---|---|")
-        for name, runs in results.items():
-            wall, cpu = statistics.median(w for w, _, _ in runs), statistics.median(c for _, c, _ in runs)
-            rss = "" if name == "floor" else f"{max(r for _, _, r in runs):.2f}"
-            label = {"floor": "OpenCV decode + encode, sequential (floor)", "fp32": "`python test.py` (fp32, default)",
-                     "bf16": "`python test.py --precision bf16`"}[name]
-            print(f"| {label} | {wall:.2f} | {wall / floor:.2f} | {cpu:.2f} | {rss} |")
+        floor, floor_cpu = median(results["parallel"], "wall"), median(results["parallel"], "cpu")
+        print("\n| run | wall (s) | x parallel floor | CPU (s) | x floor CPU | peak RSS (GB) |\n|---|---|---|---|---|---|")
+        print(f"| OpenCV decode + encode, test.py's settings, {available_cpus()} threads (parallel floor) | {floor:.2f} | "
+              f"1.00 | {floor_cpu:.2f} | 1.00 | |")
+        seq = results["sequential"]
+        print(f"| OpenCV decode + encode, one after another (sequential floor) | {median(seq, 'wall'):.2f} | "
+              f"{median(seq, 'wall') / floor:.2f} | {median(seq, 'cpu'):.2f} | {median(seq, 'cpu') / floor_cpu:.2f} | |")
+        for precision in precisions:
+            runs = results[precision]
+            flag = "" if precision == "fp32" else f" --precision {precision}"
+            inside, wall = median(runs, "inside"), median(runs, "wall")
+            print(f"| `python test.py{flag}`, inside the process | {inside:.2f} | {inside / floor:.2f} | | | |")
+            print(f"| `python test.py{flag}`, whole process | {wall:.2f} | {wall / floor:.2f} | {median(runs, 'cpu'):.2f} | "
+                  f"{median(runs, 'cpu') / floor_cpu:.2f} | {max(r['rss'] for r in runs):.2f} |")
         if args.repeat > 1:
-            print("all runs, wall (s):", {k: [round(w, 2) for w, _, _ in v] for k, v in results.items()})
+            print("all runs, wall (s):", {k: [round(r["wall"], 2) for r in v] for k, v in results.items()})
+            print("all runs, inside (s):", {k: [round(r["inside"], 2) for r in v] for k, v in results.items() if k in precisions})
         if not args.skip_check:
-            vs_reference, vs_bf16 = max_differences(args.input_dir, tmp / "fp32", tmp / "bf16", args.weight_dir)
-            print(f"\nmax |fp32 - straightforward fp32 reference| = {vs_reference}/255; max |bf16 - fp32| = {vs_bf16}/255")
+            vs_reference, vs_bf16 = max_differences(args.input_dir, tmp / "fp32", tmp / "bf16" if "bf16" in precisions
+                                                    else None, args.weight_dir)
+            print(f"\nmax |fp32 - straightforward fp32 reference| = {vs_reference}/255"
+                  + (f"; max |bf16 - fp32| = {vs_bf16}/255" if "bf16" in precisions else ""))
         if args.mpix100:
             big = tmp / "big" / "photo_100mpix.png"
             big.parent.mkdir()
             make_100mpix_photo(files[0], big)
-            wall, _, rss = run_test_py(["--input_dir", str(big), "--test_dir", str(tmp / "big_out"), "--weight_dir", args.weight_dir])
+            run = run_test_py(["--input_dir", str(big), "--test_dir", str(tmp / "big_out"), "--weight_dir", args.weight_dir])
             shape = cv2.imread(str(tmp / "big_out" / big.name), cv2.IMREAD_UNCHANGED).shape
-            print(f"\n100.7-MPix photo: {wall:.2f} s, peak RSS {rss:.2f} GB, output {shape[1]}x{shape[0]}")
+            print(f"\n100.7-MPix photo: {run['wall']:.2f} s, peak RSS {run['rss']:.2f} GB, output {shape[1]}x{shape[0]}")
 
 
 if __name__ == "__main__":

@@ -86,11 +86,30 @@ def test_in_place_curve_equals_the_model_curve():
     torch.testing.assert_close(ours, model.apply_curve(x, r) * 255 + 0.5, rtol=0, atol=4e-3)
 
 
-def test_band_size_does_not_change_the_result(weights):
-    image = dark_image((97, 61, 3))
+@pytest.mark.parametrize("shape, dtype", [((97, 61, 4), np.uint8), ((97, 61), np.uint16)])
+def test_band_size_does_not_change_the_result(weights, shape, dtype):
+    image = dark_image(shape[:2] + (3,), dtype)
+    image = np.dstack([image, image[..., :1]]) if len(shape) == 3 else image[..., 0].copy()  # RGBA, grey: in bands
     small_bands = Enhancer(weights, device="cpu")
     small_bands.band_elements = 1  # one row per band
     assert max_abs_diff(small_bands.enhance_array(image), Enhancer(weights, device="cpu").enhance_array(image)) == 0
+
+
+@pytest.mark.parametrize("shape, dtype", [((83, 121, 3), np.uint8), ((83, 121, 4), np.uint16), ((83, 121), np.uint8)])
+def test_cpu_kernel_equals_the_pytorch_bands_of_other_devices(enhancer, shape, dtype):
+    """The fused CPU kernel and the PyTorch band path that GPUs run compute the same image."""
+    image = dark_image(shape[:2] + (3,), dtype)
+    image = np.dstack([image, image[..., :1]]) if shape[-1] == 4 else image if len(shape) == 3 else image[..., 0].copy()
+    grey = image.ndim == 2
+    rgb = image[..., None] if grey else image[..., :3]
+    pixels = torch.from_numpy(np.ascontiguousarray(rgb))
+    full_scale = float(np.iinfo(dtype).max)
+    with torch.inference_mode():
+        curve_rows = enhancer.curve_map_rows(pixels, full_scale, 12, 1.0, None)
+        bands = np.empty(image.shape[:2] + (() if grey else (3,)), dtype)
+        enhancer.apply_curve_bands(pixels, curve_rows, bands, full_scale)
+    kernel = enhancer.enhance_array(image)
+    assert max_abs_diff(kernel if grey else kernel[..., :3], bands) <= 1  # float32 either way: rounding ties only
 
 
 def test_grey_rgba_and_16_bit(weights, enhancer):
