@@ -10,9 +10,11 @@ the clip. Each frame keeps its timestamp (variable frame rates and the duration 
 packets are copied unchanged, and the rotation and colour tags are carried over. The output is
 written to a temporary file and renamed when complete.
 """
+import collections
 import contextlib
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,6 +28,9 @@ from tqdm import tqdm
 from enhance import Enhancer, available_cpus, thread_limits
 from image_io import atomic_output, find_images, load_rgb, write_image
 from option import UserError, get_video_parser, run_script
+
+FRAMES_IN_FLIGHT = 2  # frames being enhanced ahead of the encoder (each one a few MB at 1080p)
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading
@@ -185,13 +190,17 @@ class FlickerMeter:
 
 def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="medium"):
     """Enhance `src` into `dst` frame by frame with `enhancer` (an enhance.Enhancer). Returns a summary:
-    frames, size, audio codecs, and the flicker of the input and the output."""
+    frames, size, audio codecs, and the flicker of the input and the output.
+
+    Frames are enhanced in a worker thread, FRAMES_IN_FLIGHT ahead of the encoder, so that the network
+    runs while this thread decodes, converts and encodes the frames around it (each of these releases the
+    GIL); the encoder alone keeps a 2-core machine only half busy."""
     matrix = display_matrix(first_frame(src))
-    map_filter = CurveMapEMA(temporal_smoothing) if temporal_smoothing > 0 else None
+    map_filter = CurveMapEMA(temporal_smoothing) if temporal_smoothing > 0 else None  # one worker: frames in order
     flicker_in, flicker_out = FlickerMeter(), FlickerMeter()
-    frames = next_pts = 0
+    frames = next_pts = last_pts = 0
     # The network gets half the cores, the encoder's own threads the rest (see thread_limits).
-    with open_video(src) as inp, video_writer(dst) as out, \
+    with open_video(src) as inp, video_writer(dst) as out, ThreadPoolExecutor(1) as worker, \
             thread_limits(torch_threads=max(1, available_cpus() // 2), opencv_threads=0):
         vin = inp.streams.video[0]
         rate = vin.average_rate or vin.guessed_rate or 30
@@ -199,25 +208,34 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
                                vin.codec_context)
         vout.set_display_matrix(matrix)
         audio = {a.index: out.add_stream_from_template(a) for a in inp.streams.audio}
+        in_flight = collections.deque()  # (input RGB, pts, future of the enhanced RGB), in display order
         with tqdm(total=vin.frames or None, unit="frame", desc=Path(src).name, dynamic_ncols=True) as bar:
+            def encode_oldest():
+                rgb, pts, enhanced = in_flight.popleft()
+                enhanced = enhanced.result()
+                flicker_in.add(rgb)
+                flicker_out.add(enhanced)
+                out.mux(vout.encode(to_video_frame(enhanced, vout, pts, vin.time_base)))
+                bar.update()
+
             for item in decoded(inp, src, [vin, *inp.streams.audio]):
                 if isinstance(item, av.Packet):
                     item.stream = audio[item.stream.index]
                     out.mux(item)
                     continue
                 rgb = to_rgb(item)
-                enhanced = enhancer.enhance_array(rgb, map_filter=map_filter)
-                flicker_in.add(rgb)
-                flicker_out.add(enhanced)
                 # Raw streams (.h264) carry no timestamps: such frames follow each other.
-                pts = item.pts if item.pts is not None else next_pts
-                next_pts = pts + (item.duration or round(1 / (rate * vin.time_base)))
-                out.mux(vout.encode(to_video_frame(enhanced, vout, pts, vin.time_base)))
+                last_pts = item.pts if item.pts is not None else next_pts
+                next_pts = last_pts + (item.duration or round(1 / (rate * vin.time_base)))
+                in_flight.append((rgb, last_pts, worker.submit(enhancer.enhance_array, rgb, map_filter=map_filter)))
                 frames += 1
-                bar.update()
+                if len(in_flight) > FRAMES_IN_FLIGHT:
+                    encode_oldest()
+            while in_flight:
+                encode_oldest()
         tail = vout.encode(None)
         if tail and vin.duration:  # the last frame lasts as long as in the input (else the muxer guesses 1/fps)
-            tail[-1].duration = (vin.start_time or 0) + vin.duration - pts
+            tail[-1].duration = (vin.start_time or 0) + vin.duration - last_pts
         out.mux(tail)
     return {"frames": frames, "width": vout.width, "height": vout.height,
             "audio": [a.codec_context.name for a in audio.values()],
