@@ -14,9 +14,9 @@ computation to 1/255 (rounding ties aside).
 """
 import contextlib
 import os
+import threading
 
 import cv2
-import numba
 import numpy as np
 import torch
 
@@ -84,14 +84,14 @@ def apply_curve_(x, curve_map, scratch, scale):
     return torch.addcmul(x.new_full((), 0.5), x, factor, value=scale, out=x)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def curve_rows_kernel(src, low, first, second, weight, scale, out):
+def curve_rows(src, low, first, second, weight, scale, out):
     """The whole full-resolution step in one pass, for CPUs: for each row i, the curve-map row interpolated
     between low[first[i]] and low[second[i]] (align_corners=True, as row_upsampler), then the 8-step curve
     on src[i] / scale, times scale, + 0.5 (truncating then rounds half up), into out[i]. Every value stays
     in registers: 5x faster than the same arithmetic as PyTorch ops over bands (which read and write the
     band 20 times). src (H, N) integers; low (h, N) float32; out (H, N) integers, or float32 to keep y.
-    float32 throughout, as the PyTorch path; no division (x * (1 / scale)) so that the loop vectorises."""
+    float32 throughout, as the PyTorch path; no division (x * (1 / scale)) so that the loop vectorises.
+    Compiled by numba: call it through curve_rows_kernel()."""
     one, half = np.float32(1.0), np.float32(0.5)
     scale = np.float32(scale)
     inverse = one / scale
@@ -108,8 +108,32 @@ def curve_rows_kernel(src, low, first, second, weight, scale, out):
             out_row[j] = half + scale * (x * (one_minus_r + r * x))
 
 
+_kernel_lock = threading.Lock()
+_compiled_kernel = None
+
+
+def curve_rows_kernel():
+    """curve_rows compiled by numba (machine code cached beside this file after the first run). numba is
+    imported here, not at the top: its import and the first load of the kernel take about 0.5 s, which a
+    GPU never needs, and which a CPU Enhancer starts in the background (warm_up_curve_kernel) while its
+    first images are read."""
+    global _compiled_kernel
+    with _kernel_lock:
+        if _compiled_kernel is None:
+            import numba
+            _compiled_kernel = numba.njit(nogil=True, cache=True, error_model="numpy")(curve_rows)
+        return _compiled_kernel
+
+
+def warm_up_curve_kernel():
+    """Load (or compile) the kernel for the common case, 8-bit RGB in and out, on a 1x1 image."""
+    pixel = np.zeros((1, 3), np.uint8)
+    curve_rows_kernel()(pixel, np.zeros((1, 3), np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64),
+                        np.zeros(1, np.float32), 255.0, pixel)
+
+
 def apply_curve_cpu(rgb, curve_rows, out_rgb, full_scale, band_elements):
-    """The curve on a CPU with curve_rows_kernel: rgb (H, W, 1 or 3) integers, curve_rows (h, W, 3) float32,
+    """The curve on a CPU with the curve_rows kernel: rgb (H, W, 1 or 3) integers, curve_rows (h, W, 3) float32,
     into out_rgb (H, W, 3), or (H, W) for grey. Contiguous RGB (what the decoders give) runs in place in one
     call; RGBA views and grey go through bands of rows copied to contiguous RGB (grey: each y kept as a float
     and combined with the BT.601 weights before truncation, as the PyTorch path)."""
@@ -117,7 +141,7 @@ def apply_curve_cpu(rgb, curve_rows, out_rgb, full_scale, band_elements):
     first, second, weight = (t.numpy() for t in source_indices(curve_rows.shape[0], height, align_corners=True))
     low = curve_rows.reshape(curve_rows.shape[0], width * 3)
     if rgb.shape[2] == 3 and rgb.flags.c_contiguous and out_rgb.flags.c_contiguous:
-        curve_rows_kernel(rgb.reshape(height, -1), low, first, second, weight, full_scale, out_rgb.reshape(height, -1))
+        curve_rows_kernel()(rgb.reshape(height, -1), low, first, second, weight, full_scale, out_rgb.reshape(height, -1))
         return
     grey = out_rgb.ndim == 2
     band = max(1, min(height, band_elements // (width * 3)))
@@ -126,7 +150,7 @@ def apply_curve_cpu(rgb, curve_rows, out_rgb, full_scale, band_elements):
         bottom = min(top + band, height)
         src = np.ascontiguousarray(np.broadcast_to(rgb[top:bottom], (bottom - top, width, 3)))
         rows = slice(top, bottom)
-        curve_rows_kernel(src.reshape(bottom - top, -1), low, first[rows], second[rows], weight[rows], full_scale,
+        curve_rows_kernel()(src.reshape(bottom - top, -1), low, first[rows], second[rows], weight[rows], full_scale,
                           y[:bottom - top])
         band_y = y[:bottom - top].reshape(bottom - top, width, 3)
         if grey:
@@ -193,6 +217,8 @@ class Enhancer:
         self.net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         zero_negligible_weights_(self.net)
         self.band_elements = BAND_ELEMENTS["cpu" if self.device.type == "cpu" else "other"]
+        if self.device.type == "cpu":
+            threading.Thread(target=warm_up_curve_kernel, name="sgz-kernel-warm-up", daemon=True).start()
 
     def autocast(self):
         if PRECISIONS[self.precision] is None:
