@@ -19,6 +19,7 @@ import threading
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import model
 from model import NUM_CURVE_STEPS
@@ -239,7 +240,10 @@ class Enhancer:
         if map_filter is not None:
             curve_map = map_filter(curve_map)
         curve_map = curve_map.clamp(-1, 1)  # keeps the curve inside [0, 1] (tanh already is; filters may not be)
-        return resize_axis(curve_map[0].permute(1, 2, 0), 1, width, align_corners=True)  # (h, W, 3)
+        # Only the width changes (rows map to themselves); channels-last in, (h, W, 3) contiguous out.
+        wide = F.interpolate(curve_map.contiguous(memory_format=torch.channels_last), size=(h, width), mode="bilinear",
+                             align_corners=True)
+        return wide[0].permute(1, 2, 0).contiguous()  # (h, W, 3)
 
     @torch.inference_mode()
     def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
