@@ -1,18 +1,19 @@
-"""The exported ONNX graph in ONNX Runtime (and OpenCV's DNN module) against our PyTorch path, on 1080p and 4K
-photos in the same run, uint8 photo in, uint8 photo out on both sides:
+"""The exported ONNX graph in ONNX Runtime and OpenCV's DNN module against our PyTorch path, on 1080p and 4K
+photos in the same run, a uint8 photo in and a uint8 photo out on every path:
 
 - PyTorch: enhance.Enhancer.enhance_array(photo), what test.py runs (the 1/s copy from a few rows, the
   banded in-place curve, straight into a uint8 array).
-- ONNX Runtime / OpenCV DNN: export.enhance_array_onnx's work, timed whole: HxWx3 uint8 -> (1, 3, H, W)
-  float32 / 255, the graph, then * 255 + 0.5, clipped, -> HxWx3 uint8.
+- ONNX Runtime, OpenCV DNN: export.enhance_array_onnx(session, photo), timed whole: HxWx3 uint8 ->
+  (1, 3, H, W) float32 / 255, the graph, then * 255 + 0.5, clipped, -> HxWx3 uint8. The graph's own share
+  ("graph") is timed too; the rest is that conversion.
 
-Each cell is the median seconds per photo over every photo of that size and --repeat runs (interleaved, after
-an untimed warm-up);
-every library gets --threads threads (1 by default: on a machine shared with other jobs, an op split over
-threads waits for the slowest of them). Outputs are compared with PyTorch's in 1/255.
+Times are CPU seconds of the process per photo (wall seconds are printed below the table): every library
+gets --threads threads, 1 by default, so on a machine shared with other jobs the CPU time is the work
+itself while the wall time also counts waiting for a core. Medians over every photo of a size and --repeat
+runs (interleaved, after an untimed warm-up). Outputs are compared with PyTorch's in 1/255.
 
     python benchmarks/bench_export.py                                # $SGZ_SHARED or ../shared/data/test_data/real
-    python benchmarks/bench_export.py --repeat 5 --threads 2
+    python benchmarks/bench_export.py --repeat 5 --threads 0         # every core
 """
 import argparse
 import os
@@ -62,20 +63,38 @@ def photos_by_size(input_dir, limit):
     return found
 
 
-def opencv_enhance(net, image):
-    """export.enhance_array_onnx with OpenCV's DNN module as the runtime."""
-    net.setInput(np.divide(image.transpose(2, 0, 1)[None], 255, dtype=np.float32), export.INPUT_NAME)
-    y = net.forward()[0]
-    y *= 255
-    y += 0.5
-    return np.clip(y, 0, 255).transpose(1, 2, 0).astype(np.uint8)
+class OpenCVSession:
+    """An OpenCV DNN net behind ONNX Runtime's session.run, so that export.enhance_array_onnx drives it."""
+
+    def __init__(self, path):
+        self.net = cv2.dnn.readNetFromONNX(str(path))
+
+    def run(self, output_names, feeds):
+        for name, value in feeds.items():
+            self.net.setInput(value, name)
+        return [self.net.forward()]
 
 
-def run(paths, photos, repeat):
-    """({(size, path): [seconds per photo]}, {(size, path): largest difference from the first path in 1/255})."""
-    times = {(size, path): [] for size in photos for path in paths}
+class TimedSession:
+    """A session whose run() adds its CPU seconds to `seconds`: the graph's share of a call."""
+
+    def __init__(self, session):
+        self.session, self.seconds = session, 0.0
+
+    def run(self, output_names, feeds):
+        start = time.process_time()
+        try:
+            return self.session.run(output_names, feeds)
+        finally:
+            self.seconds += time.process_time() - start
+
+
+def run(paths, sessions, photos, repeat):
+    """Per (size, path): lists of CPU and wall seconds per photo and of the graph's CPU seconds, and the
+    largest difference from the first path's output in 1/255."""
+    cpu, wall, graph = ({(size, path): [] for size in photos for path in paths} for _ in range(3))
     worst = {(size, path): 0 for size in photos for path in paths}
-    for size, images in photos.items():  # warm-up, untimed: first calls allocate and pick kernels
+    for images in photos.values():  # warm-up, untimed: first calls allocate and pick kernels
         for enhance in paths.values():
             enhance(images[0])
     for _ in range(repeat):
@@ -83,12 +102,16 @@ def run(paths, photos, repeat):
             for image in images:
                 reference = None
                 for path, enhance in paths.items():
-                    start = time.perf_counter()
+                    session = sessions.get(path)
+                    graph_before = session.seconds if session else 0.0
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     out = enhance(image)
-                    times[size, path].append(time.perf_counter() - start)
+                    cpu[size, path].append(time.process_time() - cpu_start)
+                    wall[size, path].append(time.perf_counter() - start)
+                    graph[size, path].append(session.seconds - graph_before if session else float("nan"))
                     reference = out if reference is None else reference
                     worst[size, path] = max(worst[size, path], int(np.abs(out.astype(int) - reference).max()))
-    return times, worst
+    return cpu, wall, graph, worst
 
 
 def main():
@@ -99,23 +122,26 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "sgz.onnx"
         export.export_onnx(model.load_enhance_net(args.weight_dir, scale_factor=12), onnx_path)
-        session = export.onnx_session(onnx_path, threads)
-        opencv_net = cv2.dnn.readNetFromONNX(str(onnx_path))
-    paths = {"PyTorch (Enhancer)": enhancer.enhance_array,
-             "ONNX Runtime": lambda image: export.enhance_array_onnx(session, image),
-             "OpenCV DNN": lambda image: opencv_enhance(opencv_net, image)}
+        sessions = {"ONNX Runtime": TimedSession(export.onnx_session(onnx_path, threads)),
+                    "OpenCV DNN": TimedSession(OpenCVSession(onnx_path))}
+    paths = {"PyTorch (Enhancer)": enhancer.enhance_array}
+    paths.update({name: (lambda image, s=session: export.enhance_array_onnx(s, image)) for name, session in sessions.items()})
     with thread_limits(threads, threads):
-        times, worst = run(paths, photos, args.repeat)
+        cpu, wall, graph, worst = run(paths, sessions, photos, args.repeat)
+    median = statistics.median
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, OpenCV {cv2.__version__}; {threads} "
-          f"thread(s) each on {available_cpus()} CPUs; {', '.join(f'{len(v)} {k}' for k, v in photos.items())} "
-          f"photos x {args.repeat}")
+          f"thread(s) each, {available_cpus()} CPUs; {', '.join(f'{len(v)} {k}' for k, v in photos.items())} "
+          f"photos x {args.repeat}; CPU seconds per photo (x PyTorch; the graph's share)")
     print("| photo | " + " | ".join(paths) + " |")
     print("|---|" + "---|" * len(paths))
     for size in photos:
-        base = statistics.median(times[size, next(iter(paths))])
-        cells = [f"{statistics.median(times[size, p]):.3f} s ({statistics.median(times[size, p]) / base:.2f}x, "
-                 f"max diff {worst[size, p]}/255)" for p in paths]
+        base = median(cpu[size, next(iter(paths))])
+        cells = [f"{median(cpu[size, p]):.3f} s ({median(cpu[size, p]) / base:.2f}x"
+                 + (f"; graph {median(graph[size, p]):.3f} s)" if p in sessions else ")") for p in paths]
         print(f"| {size} {SIZES[size][1]}x{SIZES[size][0]} | " + " | ".join(cells) + " |")
+    for size in photos:
+        print(f"{size}: wall seconds " + ", ".join(f"{p} {median(wall[size, p]):.3f}" for p in paths)
+              + "; largest difference from PyTorch " + ", ".join(f"{p} {worst[size, p]}/255" for p in sessions))
 
 
 if __name__ == "__main__":

@@ -110,10 +110,14 @@ def test_fixed_size_graph(strong_weights, tmp_path, capsys):
 def test_fp16_network(strong_weights, tmp_path):
     path = tmp_path / "fp16.onnx"
     assert run_export("--weight_dir", strong_weights, "--output", path, "--fp16") == 0
-    x = random_batch((97, 131))
+    x = random_batch((97, 131), batch=1)
+    expected = pytorch_reference(strong_weights, x)
     got = export.onnx_session(path).run(None, {"image": x})[0]
     assert got.dtype == np.float32
-    assert np.abs(got - pytorch_reference(strong_weights, x)).max() < 2 / 255
+    assert np.abs(got - expected).max() < 2 / 255
+    net = cv2.dnn.readNetFromONNX(str(path))
+    net.setInput(x, "image")
+    assert np.abs(net.forward() - expected).max() < 2 / 255
 
 
 @pytest.mark.parametrize("shape", [(97, 131, 3), (240, 360, 3), (30, 1000, 3)])
