@@ -40,16 +40,16 @@ def downscaled_side(n, scale_factor):
 
 
 class WholeEnhancement(nn.Module):
-    """model.EnhanceNet's forward as one traceable function of the image: the enhanced image only, the resizes
-    to sizes computed from the input's shape (or from fixed_size, giving a graph of constant shapes), and
-    the network in network_dtype (the resizes and the curve stay float32)."""
+    """net's forward (a model.EnhanceNet at its scale factor) as one traceable function of the image: the
+    enhanced image only, the resizes to sizes computed from the input's shape (or from fixed_size, giving a
+    graph of constant shapes), and the network in network_dtype (the resizes and the curve stay float32)."""
 
-    def __init__(self, net, scale_factor=12, fixed_size=None, network_dtype=torch.float32):
+    def __init__(self, net, fixed_size=None, network_dtype=torch.float32):
         super().__init__()
+        self.scale_factor, self.fixed_size, self.network_dtype = net.scale_factor, fixed_size, network_dtype
         # A copy that never resizes by itself: the 1/s copy is made here, where its size can be traced.
         self.net = copy.deepcopy(net).to(network_dtype)
         self.net.scale_factor = 1
-        self.scale_factor, self.fixed_size, self.network_dtype = scale_factor, fixed_size, network_dtype
 
     def forward(self, image):
         h, w = self.fixed_size or image.shape[-2:]
@@ -64,16 +64,17 @@ class WholeEnhancement(nn.Module):
         return model.apply_curve(image, curve_map)
 
 
-def export_onnx(net, path, scale_factor=12, opset=17, fp16=False, fixed_size=None):
-    """Write the whole enhancement with net's weights to path (atomically), checked by the ONNX checker."""
-    whole = WholeEnhancement(net, scale_factor, fixed_size, torch.float16 if fp16 else torch.float32).eval()
+def export_onnx(net, path, opset=17, fp16=False, fixed_size=None):
+    """Write the whole enhancement by net (a model.EnhanceNet, at its scale factor) to path, atomically,
+    checked by the ONNX checker."""
+    whole = WholeEnhancement(net, fixed_size, torch.float16 if fp16 else torch.float32).eval()
     example = torch.zeros(1, 3, *(fixed_size or CHECK_SIZE))
     dynamic_axes = None if fixed_size else {name: {0: "batch", 2: "height", 3: "width"}
                                             for name in (INPUT_NAME, OUTPUT_NAME)}
     with image_io.atomic_output(path) as tmp:
         # The TorchScript exporter (deprecated since torch 2.9, hence the filter) records the integer size
         # arithmetic as plain ONNX ops and each resize as one Resize to a computed size: a small graph
-        # that ONNX Runtime and OpenCV run at any size. torch.export would need a guard-free round().
+        # that ONNX Runtime and OpenCV run at any size.
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(whole, (example,), str(tmp), dynamo=False, opset_version=opset,
@@ -81,8 +82,8 @@ def export_onnx(net, path, scale_factor=12, opset=17, fp16=False, fixed_size=Non
         graph = onnx.load(str(tmp))
         graph.doc_string = ("SGZ low-light enhancement: image float32 (N, 3, H, W) RGB in [0, 1] -> enhanced, "
                             "the same shape")
-        graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 3  # the exporter leaves it unnamed
-        onnx.helper.set_model_props(graph, {"scale_factor": str(scale_factor),
+        graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 3  # the exporter leaves the channels unknown
+        onnx.helper.set_model_props(graph, {"scale_factor": str(net.scale_factor),
                                             "network_dtype": "float16" if fp16 else "float32"})
         onnx.checker.check_model(graph, full_check=True)
         onnx.save(graph, str(tmp))
@@ -120,7 +121,7 @@ def main(args):
     if output.is_dir():
         raise UserError(f"--output {output} is a folder; give the path of the .onnx file to write, e.g. {output / 'sgz.onnx'}")
     net = model.load_enhance_net(args.weight_dir, scale_factor=args.scale_factor).eval()
-    export_onnx(net, output, args.scale_factor, args.opset, args.fp16, args.fixed_size)
+    export_onnx(net, output, args.opset, args.fp16, args.fixed_size)
     size = args.fixed_size or CHECK_SIZE
     shape = f"({'N, 3, H, W' if args.fixed_size is None else f'1, 3, {size[0]}, {size[1]}'})"
     print(f"wrote {output}: {INPUT_NAME} {shape} -> {OUTPUT_NAME}, scale factor {args.scale_factor}, "
