@@ -217,3 +217,31 @@ def get_evaluate_parser():
     p.add_argument("--grid_height", type=positive_int, default=360, help="height of each picture in the grids, pixels")
     p.add_argument("--device", default="auto", help="for LPIPS: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     return p
+
+
+def height_x_width(value):
+    """'1080x1920' -> (1080, 1920)."""
+    try:
+        h, w = (positive_int(n) for n in value.lower().split("x"))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH in pixels such as 1080x1920, got {value!r}") from None
+    return h, w
+
+
+def get_export_parser():
+    p = argparse.ArgumentParser(description="Export the whole enhancement (the 1/s copy, the network, the map resized back, "
+                                            "the 8-step curve) as one ONNX graph: input `image` float32 (N, 3, H, W) RGB in "
+                                            "[0, 1], output `enhanced` of the same shape.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weight_dir", default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)")
+    p.add_argument("--output", default="sgz.onnx", help="the .onnx file to write (replaced atomically if it exists)")
+    p.add_argument("--scale_factor", type=positive_int, default=12,
+                   help="the curve map is computed on a 1/s copy of the image (fixed in the graph; 12 as test.py)")
+    p.add_argument("--opset", type=int, default=17, choices=range(11, 21), metavar="{11..20}",
+                   help="ONNX opset (11 is the first with Resize to a computed size)")
+    add_bool(p, "fp16", False, "the network's weights and convolutions in float16 (the resizes and the curve stay "
+                               "float32, so do the input and output); results within 2/255")
+    p.add_argument("--fixed_size", type=height_x_width, metavar="HxW",
+                   help="a graph for this one image size, every shape constant, for runtimes without dynamic shapes "
+                        "(default: any N, H and W)")
+    return p
