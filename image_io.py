@@ -85,17 +85,17 @@ def is_stale_temporary(path):
     return False
 
 
-def remove_stale_temporaries(folder):
-    """Delete the temporary files that killed runs of ours left under `folder` (a write between its
-    temporary file and its rename, killed with SIGKILL or by a power cut). Returns how many."""
+def remove_stale_temporaries(folders):
+    """Delete the temporary files that killed runs of ours left in `folders` (a write between its temporary
+    file and its rename, killed with SIGKILL or by a power cut). Returns how many."""
     removed = 0
-    for dirpath, _, names in os.walk(folder):
-        for name in names:
-            path = Path(dirpath) / name
-            if is_stale_temporary(path):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed += 1
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(folder):
+                if is_stale_temporary(Path(entry.path)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed += 1
     return removed
 
 
@@ -347,7 +347,7 @@ def write_image(path, image, jpeg_quality=95, metadata=None):
     encoded = encode_image(image, path.suffix.lower(), jpeg_quality, metadata)
     try:
         with atomic_output(path) as tmp:
-            encoded.tofile(tmp)
+            Path(tmp).write_bytes(encoded)  # numpy's tofile would report a full disk as "N requested and M written"
     except OSError as e:  # no space, no permission, a name too long: the user's to fix, named here
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
