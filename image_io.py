@@ -279,7 +279,7 @@ def decode_with_pil(data):
             raise UserError(f"floating-point {im.format} images are not supported")
         has_alpha = "A" in im.mode or "transparency" in im.info
         mode = "RGBA" if has_alpha else "L" if im.mode in ("1", "L") else "RGB"
-        return np.asarray(im.convert(mode))
+        return np.array(im.convert(mode))  # a writable array, as OpenCV's (asarray's would be read-only)
 
 
 def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
