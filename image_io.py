@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import secrets
+import signal
 import struct
 import zlib
 from pathlib import Path
@@ -97,6 +98,14 @@ def remove_stale_temporaries(folders):
                         os.unlink(entry.path)
                         removed += 1
     return removed
+
+
+def interrupt_on_sigterm():
+    """SIGTERM (kill, a scheduler's time limit) ends a script as Ctrl-C does, so that atomic_output removes
+    its temporary file (SIGKILL cannot be caught: remove_stale_temporaries clears up after it)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ and decodes, enhances and encodes whole images in parallel threads (OpenCV and t
 """
 import os
 import shutil
-import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -158,13 +157,6 @@ class Tester:
         return summary
 
 
-def interrupt_on_sigterm():
-    """SIGTERM (kill, a scheduler's time limit) ends the run as Ctrl-C does: no temporary file is left."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
 def local_device(name):
     """--device, on this process's own GPU (LOCAL_RANK) under torchrun."""
     device = model.get_device(name)
@@ -180,7 +172,7 @@ def main(args):
                     max_pixels=args.max_mpix * 1e6, quality=args.quality, allow_corrupt=args.allow_corrupt)
     if args.allow_corrupt:  # Pillow's decoders too (a process-wide switch; the JPEG decoder takes it per call)
         ImageFile.LOAD_TRUNCATED_IMAGES = True
-    interrupt_on_sigterm()
+    image_io.interrupt_on_sigterm()
     try:
         summary = tester.run(args.input_dir, args.test_dir, workers=workers, rank=rank, world_size=world_size,
                              output_format=args.output_format)
