@@ -175,7 +175,7 @@ FALLBACK_EXTENSION = ".jpg"  # for a format this installation cannot write (HEIC
 def can_write(ext):
     """Whether this installation can write the format the extension names."""
     if ext in (".heic", ".heif"):
-        return bool(pillow_heif.libheif_info()["HEIF"])  # the wheel's HEVC encoder (x265)
+        return bool(pillow_heif.libheif_info().get("HEIF"))  # the wheel's HEVC encoder (x265)
     if ext == ".avif":
         return bool(features.check("avif"))
     return ext in IMAGE_EXTENSIONS
