@@ -38,7 +38,11 @@ def walk_files(root, loops=None):
     files = []
 
     def walk(folder, ancestors):
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):  # as rglob: no folder, no files
+            return
+        for entry in entries:
             path = Path(entry.path)
             if entry.is_dir():  # follows links
                 real = path.resolve()
