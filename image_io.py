@@ -186,12 +186,12 @@ def can_write(ext):
 
 
 def output_extension(src, output_format="same"):
-    """The extension of src's output: `output_format` (jpg, png, ...) or, for "same", src's own when this
-    installation can write it, else FALLBACK_EXTENSION."""
-    ext = Path(src).suffix.lower() if output_format == "same" else "." + output_format.lower().lstrip(".")
-    if output_format == "same" and not can_write(ext):
+    """The extension of src's output: `output_format` (jpg, png, ...) or, for "same", src's own (as it is
+    spelt: IMG_1.JPG stays IMG_1.JPG) when this installation can write it, else FALLBACK_EXTENSION."""
+    ext = Path(src).suffix if output_format == "same" else "." + output_format.lower().lstrip(".")
+    if output_format == "same" and not can_write(ext.lower()):
         return FALLBACK_EXTENSION
-    if not can_write(ext):
+    if not can_write(ext.lower()):
         raise UserError(f"this installation cannot write {ext} files; choose another --output_format")
     return ext
 

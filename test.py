@@ -101,7 +101,10 @@ def check_output_folder(jobs, out_root):
     except OSError as e:
         raise UserError(f"cannot write into the output folder {out_root}: {e.strerror or e}; "
                         "choose another --test_dir") from None
-    name_max = os.pathconf(out_root, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    try:
+        name_max = os.pathconf(out_root, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or a file system that does not say
+        name_max = 255
     for _, dst in jobs:
         for part in dst.relative_to(out_root).parts:
             if len(os.fsencode(part)) > name_max:

@@ -129,8 +129,9 @@ def test_heic_with_exif_and_avif_are_read_and_written_at_their_size():
 
 
 def test_output_extension_keeps_the_format_or_falls_back(monkeypatch):
-    assert image_io.output_extension("a.HEIC") == ".heic" and image_io.output_extension("a.avif") == ".avif"
+    assert image_io.output_extension("a.HEIC") == ".HEIC" and image_io.output_extension("a.avif") == ".avif"
     assert image_io.output_extension("a.jpeg") == ".jpeg" and image_io.output_extension("a.heic", "png") == ".png"
+    assert image_io.output_extension("IMG_0001.JPG") == ".JPG"  # as the camera spelt it
     monkeypatch.setattr(image_io.pillow_heif, "libheif_info", lambda: {"HEIF": ""})  # a wheel without an encoder
     assert image_io.output_extension("a.heic") == image_io.FALLBACK_EXTENSION
     with pytest.raises(UserError, match="cannot write .heic"):
