@@ -171,8 +171,6 @@ FORMATS_WITHOUT_ALPHA = (".jpg", ".jpeg")
 EXIF_HEADER = b"Exif\x00\x00"
 # Pillow's format names for the extensions it writes (OpenCV writes the others, and these without metadata).
 PILLOW_FORMATS = {".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".heic": "HEIF", ".heif": "HEIF", ".avif": "AVIF"}
-EXTENSIONS_OF_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp",
-                        "HEIF": ".heic", "AVIF": ".avif"}
 FALLBACK_EXTENSION = ".jpg"  # for a format this installation cannot write (HEIC without an HEVC encoder, ...)
 
 

@@ -195,7 +195,7 @@ class FlickerMeter:
         self.previous, self.total, self.changes = None, 0.0, 0
 
     def add(self, rgb):
-        brightness = sum(cv2.mean(rgb)[:3]) / 3  # 6x faster than numpy's mean
+        brightness = sum(cv2.mean(rgb)[:3]) / 3 / (257 if rgb.dtype == np.uint16 else 1)  # 6x faster than numpy's
         if self.previous is not None:
             self.total += abs(brightness - self.previous)
             self.changes += 1

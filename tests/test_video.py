@@ -349,6 +349,7 @@ def test_ten_bit_hevc_comes_out_ten_bit_with_its_hdr_tags(tmp_path, tester):
     src = make_ten_bit_hevc(tmp_path / "hdr.mp4")
     summary = mv.enhance_video(tester, src, tmp_path / "out.mp4")
     assert summary["pix_fmt"] == "yuv420p10le" and summary["codec"] == mv.TEN_BIT_ENCODERS[0]
+    assert summary["flicker_in"] < 255  # on the 0-255 scale of 8-bit clips
     with av.open(str(tmp_path / "out.mp4")) as c:
         cc = c.streams.video[0].codec_context
         assert cc.format.components[0].bits == 10
