@@ -298,3 +298,17 @@ def test_stale_temporaries_are_cleaned_and_sigterm_leaves_none(weights, tmp_path
     assert [p.name for p in out.iterdir() if p.name.startswith(".sgz-")] == [alive.name]
     written = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert 0 < len(written) < 40 and all(image_io.read_image(p)[0].shape == (200, 300, 3) for p in written)
+
+
+def test_a_disk_that_fills_up_during_the_run_is_named_plainly(weights, tmp_path, monkeypatch, capsys):
+    import errno
+    Image.fromarray(dark_image((20, 30, 3))).save(tmp_path / "p.png")
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(image_io.Path, "write_bytes", full)
+    assert run_main(["--input_dir", tmp_path / "p.png", "--test_dir", tmp_path / "out", "--weight_dir", weights],
+                    monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'out' / 'p.png'}: No space left on device" in err, err
+    assert not (tmp_path / "out" / "p.png").exists() and not list((tmp_path / "out").iterdir())  # no temporary left

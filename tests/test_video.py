@@ -442,3 +442,21 @@ def test_stale_temporary_video_of_a_killed_run_is_removed(tmp_path):
     stale.write_bytes(b"\0" * 1000)
     mv.enhance_video(Identity(), src, tmp_path / "out.mp4")
     assert leftovers(tmp_path) == ["in.mp4", "out.mp4"]
+
+
+def test_sigterm_and_ctrl_c_leave_no_temporary_file(tmp_path, weights):
+    import signal
+    import time
+    src = make_clip(tmp_path / "long.mp4", 160, 120, frames=240, audio=False)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        proc = subprocess.Popen([sys.executable, str(ROOT / "demo" / "make_video.py"), "--video_path", str(src),
+                                 "--save_path", str(tmp_path / "out.mp4"), "--weight_dir", str(weights),
+                                 "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".sgz-") for p in tmp_path.iterdir()):  # writing has begun
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        err = proc.communicate(timeout=60)[1]
+        assert proc.returncode == 130 and err.rstrip().endswith("interrupted") and "Traceback" not in err, err
+        assert leftovers(tmp_path) == ["long.mp4"]
