@@ -267,7 +267,7 @@ def decode_jpeg(data, name, strict):
     try:
         image = simplejpeg.decode_jpeg(data, "GRAY" if colorspace == "Gray" else "RGB", strict=strict)
     except ValueError as e:
-        hint = "; enhance it anyway with --allow_corrupt" if strict else ""
+        hint = " (test.py --allow_corrupt enhances it anyway)" if strict else ""
         raise UserError(f"{name}: corrupt or truncated JPEG ({e}){hint}") from None
     return image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
 
