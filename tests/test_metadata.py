@@ -11,7 +11,7 @@ import image_io
 from conftest import dark_image
 from option import UserError
 
-ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # not sRGB: a profile that matters
+ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # an RGB profile, as PNG requires
 XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/><!-- sgz test --></x:xmpmeta>'
 
 
