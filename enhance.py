@@ -216,6 +216,9 @@ class Enhancer:
         # own dtype); channels-last is 1.5x faster on CPU and is the layout an HxWx3 array already has.
         self.net = model.load_enhance_net(weight_dir, scale_factor=1, device=self.device, conv_type=conv_type)
         self.net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        if not all(torch.isfinite(p).all() for p in self.net.parameters()):
+            raise UserError(f"{weight_dir} holds NaN or infinite weights (a diverged training run?); "
+                            "give other weights with --weight_dir")
         zero_negligible_weights_(self.net)
         self.band_elements = BAND_ELEMENTS["cpu" if self.device.type == "cpu" else "other"]
         if self.device.type == "cpu":
@@ -235,6 +238,9 @@ class Enhancer:
         x = small.expand(h, w, 3).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
         with self.autocast():
             curve_map = self.net.curve_map_lowres(x).float()  # (1, 3, h, w)
+        if not torch.isfinite(curve_map).all():  # the network's only output, checked where it is small
+            raise UserError("the network's output is not finite (NaN or infinity): the weights or --precision "
+                            "do not suit this image; try --precision fp32 or other weights")
         if strength != 1:
             curve_map = curve_map * strength
         if map_filter is not None:

@@ -1,39 +1,128 @@
 """Image files in and out: finding them, decoding them robustly (format from the content, EXIF orientation,
-grey, palette, alpha, 16 bits, pixel limits from the header), encoding them, and writing any file
-atomically (a temporary file beside it, then a rename). Used by test.py, the video script, the web demo,
-evaluate.py, the training Dataset and train.py's checkpoints."""
+grey, palette, alpha, 16 bits, HEIC/AVIF, pixel limits from the header, corrupt data refused), encoding
+them with the input's metadata (EXIF, ICC profile, XMP), and writing any file atomically (a temporary
+file beside it, then a rename). Used by test.py, the video script, the web demo, evaluate.py, the
+training Dataset and train.py's checkpoints.
+
+Libraries: OpenCV encodes and decodes the classic formats (the fast path), simplejpeg decodes JPEG
+(libjpeg-turbo, as fast as OpenCV, but it raises on libjpeg's "Corrupt JPEG data" warnings where OpenCV
+only prints them), Pillow reads the headers and metadata, decodes what OpenCV declines and writes
+WebP/TIFF/AVIF with metadata, and pillow-heif adds HEIC/HEIF to Pillow."""
 import contextlib
 import io
 import os
 import secrets
+import signal
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pillow_heif
+import simplejpeg
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError, features
 
 from option import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+pillow_heif.register_heif_opener()  # HEIC/HEIF for Image.open and Image.save (AVIF is Pillow's own)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif", ".avif")
+TEMP_PREFIX = ".sgz-"  # every temporary file this project writes starts so (see temporary_name)
+TEMP_SUFFIX = ".tmp"
+
+
+def walk_files(root, loops=None):
+    """Every file under the folder `root` (sorted, recursively), following links to folders; a link back
+    into a folder already being walked (a loop) is not followed but appended to `loops` as
+    (link, the folder it leads back to)."""
+    files = []
+
+    def walk(folder, ancestors):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):  # as rglob: no folder, no files
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_dir():  # follows links
+                real = path.resolve()
+                if real in ancestors:
+                    if loops is not None:
+                        loops.append((path, real))
+                    continue
+                walk(path, ancestors | {real})
+            elif entry.is_file():
+                files.append(path)
+
+    walk(Path(root), {Path(root).resolve()})
+    return files
 
 
 def find_images(path, extensions=IMAGE_EXTENSIONS):
-    """Image files under a folder (recursively, sorted), or [path] for a single file."""
+    """Image files under a folder (recursively, sorted, through linked folders), or [path] for a single file."""
     path = Path(path)
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    return [p for p in walk_files(path) if p.suffix.lower() in extensions]
+
+
+def temporary_name(path):
+    """`.sgz-<pid>-<random>.tmp<ext>`: a few bytes whatever the final name's length; the extension is kept
+    because some writers (FFmpeg) choose the format from it, the pid tells a dead writer's leftovers."""
+    suffix = path.suffix if len(path.suffix) <= 8 else ""
+    return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}{suffix}")
+
+
+def is_stale_temporary(path):
+    """A temporary file of ours whose writing process (on this machine) is gone."""
+    name = path.name
+    if not (name.startswith(TEMP_PREFIX) and TEMP_SUFFIX in name):
+        return False
+    pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by someone else
+        return False
+    return False
+
+
+def remove_stale_temporaries(folders):
+    """Delete the temporary files that killed runs of ours left in `folders` (a write between its temporary
+    file and its rename, killed with SIGKILL or by a power cut). Returns how many."""
+    removed = 0
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(folder):
+                if is_stale_temporary(Path(entry.path)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed += 1
+    return removed
+
+
+def interrupt_on_sigterm():
+    """SIGTERM (kill, a scheduler's time limit) ends a script as Ctrl-C does, so that atomic_output removes
+    its temporary file (SIGKILL cannot be caught: remove_stale_temporaries clears up after it)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
 
 
 @contextlib.contextmanager
 def atomic_output(path):
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step, on failure
-    it is removed. A reader never sees a half-written file and an old file survives a crash."""
+    """Yield a temporary path beside `path`; on success it replaces `path` in one step, on failure (an
+    error, Ctrl-C, SIGTERM turned into an exception) it is removed. A reader never sees a half-written
+    file and an old file survives a crash. The temporary name is short (see temporary_name), so any name
+    the file system takes works, and recognisable, so remove_stale_temporaries clears what SIGKILL left."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+            tmp = temporary_name(path)
             try:  # 0o666 less the umask: the mode of any new file (mkstemp's would be private, 0o600)
                 os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
                 break
@@ -79,6 +168,30 @@ ORIENTATION_TRANSFORMS = {
 }
 FORMATS_WITH_16_BITS = (".png", ".tif", ".tiff")
 FORMATS_WITHOUT_ALPHA = (".jpg", ".jpeg")
+EXIF_HEADER = b"Exif\x00\x00"
+# Pillow's format names for the extensions it writes (OpenCV writes the others, and these without metadata).
+PILLOW_FORMATS = {".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".heic": "HEIF", ".heif": "HEIF", ".avif": "AVIF"}
+FALLBACK_EXTENSION = ".jpg"  # for a format this installation cannot write (HEIC without an HEVC encoder, ...)
+
+
+def can_write(ext):
+    """Whether this installation can write the format the extension names."""
+    if ext in (".heic", ".heif"):
+        return bool(pillow_heif.libheif_info().get("HEIF"))  # the wheel's HEVC encoder (x265)
+    if ext == ".avif":
+        return bool(features.check("avif"))
+    return ext in IMAGE_EXTENSIONS
+
+
+def output_extension(src, output_format="same"):
+    """The extension of src's output: `output_format` (jpg, png, ...) or, for "same", src's own (as it is
+    spelt: IMG_1.JPG stays IMG_1.JPG) when this installation can write it, else FALLBACK_EXTENSION."""
+    ext = Path(src).suffix if output_format == "same" else "." + output_format.lower().lstrip(".")
+    if output_format == "same" and not can_write(ext.lower()):
+        return FALLBACK_EXTENSION
+    if not can_write(ext.lower()):
+        raise UserError(f"this installation cannot write {ext} files; choose another --output_format")
+    return ext
 
 
 def exif_orientation(im):
@@ -92,87 +205,160 @@ def exif_orientation(im):
     return orientation if orientation in ORIENTATION_TRANSFORMS else 1
 
 
-def opencv_decodes_cleanly(image_format, orientation, data):
-    """False where OpenCV would misbehave: a PNG without its end chunk or a JPEG without an end marker
-    after its last scan (it prints a libpng/libjpeg message and, for JPEG, returns a half-grey picture
-    without an error), and a TIFF with an orientation tag (its TIFF reader applies the flips itself and
-    fails on the rotations)."""
+def carried_exif(im, orientation):
+    """The EXIF block (TIFF bytes, without the 'Exif' header) for the output, or None: unchanged when it
+    can be, rewritten by Pillow when the pixels were turned upright (orientation set to 1) or when it
+    holds a thumbnail (of the dark original: dropped). TIFF inputs' tags describe their own pixel
+    layout, so none is carried from them."""
+    raw = im.info.get("exif")
+    if not raw or im.format == "TIFF":
+        return None
+    raw = raw[len(EXIF_HEADER):] if raw.startswith(EXIF_HEADER) else raw
+    try:
+        exif = im.getexif()
+        if exif.get(EXIF_ORIENTATION, 1) == 1 and orientation == 1 and not exif.get_ifd(ExifTags.IFD.IFD1):
+            return raw
+        if EXIF_ORIENTATION in exif:
+            exif[EXIF_ORIENTATION] = 1
+        return exif.tobytes()[len(EXIF_HEADER):]  # Pillow writes no IFD1: the thumbnail goes
+    except Exception:  # a damaged EXIF block is left behind rather than failing the photo
+        return None
+
+
+def carried_metadata(im, orientation):
+    """What the output keeps of an opened image's metadata: {"exif", "icc_profile", "xmp"} (bytes; absent
+    keys: nothing). The ICC profile and XMP go unchanged: SGZ works on the encoded values, as the
+    paper's code does, so the profile still says how to show them."""
+    metadata = {"exif": carried_exif(im, orientation), "icc_profile": im.info.get("icc_profile"),
+                "xmp": im.info.get("xmp")}
+    if isinstance(metadata["xmp"], str):
+        metadata["xmp"] = metadata["xmp"].encode()
+    return {key: value for key, value in metadata.items() if value}
+
+
+def opencv_decodes_cleanly(image_format, orientation, data, mode, info):
+    """False where OpenCV would misbehave: a PNG without its end chunk (it prints a libpng message), a
+    TIFF with an orientation tag (its TIFF reader applies the flips itself and fails on the rotations),
+    grey images with alpha or a transparent colour (it drops the alpha), and formats it cannot read."""
+    if image_format not in ("PNG", "BMP", "TIFF", "WEBP"):
+        return False
+    if mode in ("LA", "La") or (mode in ("L", "I", "I;16", "I;16B") and "transparency" in info):
+        return False
     if image_format == "PNG":
         return data.rfind(b"IEND") != -1
-    if image_format in ("JPEG", "MPO"):
-        return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
     return image_format != "TIFF" or orientation == 1
+
+
+def check_jpeg_size(data, width, height, name):
+    """A JPEG's Huffman-coded scans spend at least one bit on every 8x8 block of its luma: a file far too
+    small for the size its header declares is truncated or forged (libjpeg would fill it with grey)."""
+    blocks = -(-width // 8) * -(-height // 8)
+    if len(data) * 8 < blocks:
+        raise UserError(f"{name}: its {len(data)} bytes cannot hold the {width}x{height} pixels its header "
+                        "declares (truncated or forged); not decoded")
+
+
+def decode_jpeg(data, name, strict):
+    """A JPEG's pixels (RGB or grey) with libjpeg-turbo through simplejpeg, which (strict) turns libjpeg's
+    warnings about corrupt data into an error. None for CMYK/YCCK, which Pillow converts."""
+    colorspace = simplejpeg.decode_jpeg_header(data)[2]
+    if colorspace not in ("Gray", "YCbCr", "RGB"):
+        return None
+    try:
+        image = simplejpeg.decode_jpeg(data, "GRAY" if colorspace == "Gray" else "RGB", strict=strict)
+    except ValueError as e:
+        hint = " (test.py --allow_corrupt enhances it anyway)" if strict else ""
+        raise UserError(f"{name}: corrupt or truncated JPEG ({e}){hint}") from None
+    return image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
 
 
 def decode_with_pil(data):
     """Pillow's decoder, for what OpenCV declines: its error messages are clear and it reads more variants.
-    Returns an RGB(A)/grey array, uint8 or, for 16-bit grey, uint16, turned upright by its EXIF orientation."""
+    Returns an RGB(A)/grey array, uint8 or, for 16-bit grey, uint16, turned upright by its EXIF orientation.
+    Grey with alpha comes back as RGBA (the enhancer's alpha layout), 16-bit grey with a transparent
+    value as 16-bit RGBA."""
     with Image.open(io.BytesIO(data)) as im:
         im = ImageOps.exif_transpose(im)  # Pillow's TIFF reader may already have applied it: let Pillow decide
         if im.mode.startswith("I"):  # 16-bit grey ("I;16*", or "I" from older Pillow)
-            return np.asarray(im).clip(0, 65535).astype(np.uint16)
+            grey = np.asarray(im).clip(0, 65535).astype(np.uint16)
+            transparent = im.info.get("transparency")
+            if not isinstance(transparent, int):
+                return grey
+            alpha = np.where(grey == transparent, 0, 65535).astype(np.uint16)
+            return np.dstack([grey, grey, grey, alpha])
         if im.mode == "F":
             raise UserError(f"floating-point {im.format} images are not supported")
         has_alpha = "A" in im.mode or "transparency" in im.info
         mode = "RGBA" if has_alpha else "L" if im.mode in ("1", "L") else "RGB"
-        return np.asarray(im.convert(mode))
+        return np.array(im.convert(mode))  # a writable array, as OpenCV's (asarray's would be read-only)
 
 
-def read_image(path, max_pixels=DEFAULT_MAX_PIXELS):
+def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
     """An image file as a numpy array: HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA), uint8 or uint16, turned
     upright by its EXIF orientation. The format comes from the content, not the extension. Returns
-    (array, info) with info = {"format": "PNG", "orientation": 1}.
+    (array, info) with info = {"format": "PNG", "orientation": 1, "metadata": {...}} (see carried_metadata;
+    write_image takes it back).
 
     Raises UserError (one line naming the file) for a file that is not an image, is truncated or
-    corrupt, or has more than `max_pixels` pixels (checked from the header, before any decoding)."""
+    corrupt (libjpeg's warnings count, unless strict=False), or has more than `max_pixels` pixels
+    (checked from the header, before any decoding)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    return decode_image(data, path, max_pixels)
+    return decode_image(data, path, max_pixels, strict)
 
 
-def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS):
+def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
     """read_image for the bytes of an image file already in memory (the web demo's uploads); `name` is
     what the error messages call it."""
     try:
         with Image.open(io.BytesIO(data)) as im:  # header only: format, size, EXIF
             image_format, (w, h), orientation = im.format, im.size, exif_orientation(im)
+            mode, info, metadata = im.mode, dict(im.info), carried_metadata(im, orientation)
     except Image.DecompressionBombError as e:  # Pillow's own limit (Image.MAX_IMAGE_PIXELS), when below ours
         raise UserError(f"{name}: {e}") from None
     except UnidentifiedImageError:  # Pillow's message would only repeat the name (or print a BytesIO)
         raise UserError(f"{name}: not a readable image (no image format recognised)") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, RuntimeError) as e:  # RuntimeError: libheif's
         raise UserError(f"{name}: not a readable image ({e})") from None
     if w * h > max_pixels:
         raise UserError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
                              f"{max_pixels / 1e6:.0f} (a decompression bomb?); raise --max_mpix if the image is genuine")
     image = None
-    if opencv_decodes_cleanly(image_format, orientation, data):
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # 1.3-4x faster than Pillow
-    if image is not None:
-        if image.ndim == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA, dst=image)
-        if orientation != 1:  # IMREAD_UNCHANGED leaves it to us
+    if image_format in ("JPEG", "MPO"):
+        if strict:
+            check_jpeg_size(data, w, h, name)
+        image = decode_jpeg(data, name, strict)
+        if image is not None and orientation != 1:
             image = np.ascontiguousarray(ORIENTATION_TRANSFORMS[orientation](image))
-    else:
+    elif opencv_decodes_cleanly(image_format, orientation, data, mode, info):
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # 1.3-4x faster than Pillow
+        if image is not None:
+            if image.ndim == 3:
+                image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA,
+                                     dst=image)
+            if orientation != 1:  # IMREAD_UNCHANGED leaves it to us
+                image = np.ascontiguousarray(ORIENTATION_TRANSFORMS[orientation](image))
+    if image is None:
         try:
             image = decode_with_pil(data)
-        except (OSError, SyntaxError, ValueError) as e:
+        except (OSError, SyntaxError, ValueError, RuntimeError) as e:
             raise UserError(f"{name}: corrupt or truncated {image_format} file ({e})") from None
     if image.dtype not in (np.uint8, np.uint16):
         raise UserError(f"{name}: {image.dtype} samples are not supported (8- and 16-bit images are)")
-    return image, {"format": image_format, "orientation": orientation}
+    return image, {"format": image_format, "orientation": orientation, "metadata": metadata}
 
 
-def write_image(path, image, jpeg_quality=95):
-    """Write an array as read_image returns it, atomically, in the format the extension names."""
+def write_image(path, image, jpeg_quality=95, metadata=None):
+    """Write an array as read_image returns it, atomically, in the format the extension names, with
+    `metadata` (read_image's info["metadata"]) where the format holds it."""
     path = Path(path)
-    encoded = encode_image(image, path.suffix.lower(), jpeg_quality)
+    encoded = encode_image(image, path.suffix.lower(), jpeg_quality, metadata)
     try:
         with atomic_output(path) as tmp:
-            encoded.tofile(tmp)
+            Path(tmp).write_bytes(encoded)  # numpy's tofile would report a full disk as "N requested and M written"
     except OSError as e:  # no space, no permission, a name too long: the user's to fix, named here
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
@@ -186,16 +372,84 @@ def encoder_params(ext, jpeg_quality):
     return []
 
 
-def encode_image(image, ext, jpeg_quality=95):
+def jpeg_segments(metadata):
+    """APP1 (EXIF, XMP) and APP2 (ICC profile, in chunks of at most 65519 bytes) segments."""
+    def segment(marker, payload):
+        return b"\xff" + marker + struct.pack(">H", len(payload) + 2) + payload if len(payload) <= 65533 else b""
+    out = b""
+    if "exif" in metadata:
+        out += segment(b"\xe1", EXIF_HEADER + metadata["exif"])
+    if "xmp" in metadata:
+        out += segment(b"\xe1", b"http://ns.adobe.com/xap/1.0/\x00" + metadata["xmp"])
+    if "icc_profile" in metadata:
+        icc = metadata["icc_profile"]
+        chunks = [icc[i:i + 65519] for i in range(0, len(icc), 65519)]
+        for number, chunk in enumerate(chunks, 1):
+            out += segment(b"\xe2", b"ICC_PROFILE\x00" + bytes([number, len(chunks)]) + chunk)
+    return out
+
+
+def png_chunks(metadata):
+    """iCCP, eXIf and iTXt (XMP) chunks, as the PNG specification lays them out."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    out = b""
+    if "icc_profile" in metadata:
+        out += chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(metadata["icc_profile"]))
+    if "exif" in metadata:
+        out += chunk(b"eXIf", metadata["exif"])
+    if "xmp" in metadata:
+        out += chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + metadata["xmp"])
+    return out
+
+
+def with_metadata(encoded, ext, metadata):
+    """OpenCV's JPEG or PNG bytes with the metadata segments inserted: after the JFIF header (JPEG), after
+    IHDR (PNG), where the specifications want them. The pixels stay OpenCV's: no second encoding."""
+    data = encoded.tobytes()
+    if ext == ".png":
+        at = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4  # signature, IHDR (length, type, data, CRC)
+        extra = png_chunks(metadata)
+    else:
+        at = 4 + struct.unpack(">H", data[4:6])[0] if data[2:4] == b"\xff\xe0" else 2  # after SOI and APP0
+        extra = jpeg_segments(metadata)
+    return np.frombuffer(data[:at] + extra + data[at:], np.uint8)
+
+
+def encode_with_pil(image, ext, quality, metadata):
+    """Pillow's (or pillow-heif's) encoder: HEIC and AVIF always, WebP and TIFF when there is metadata to
+    carry. WebP is lossless, as OpenCV writes it; TIFF holds only the ICC profile of the three."""
+    pil_format = PILLOW_FORMATS[ext]
+    options = {key: value for key, value in metadata.items() if pil_format != "TIFF" or key == "icc_profile"}
+    if "exif" in options:
+        options["exif"] = EXIF_HEADER + options["exif"]
+    if pil_format == "WEBP":
+        options["lossless"] = True
+    else:
+        options["quality"] = quality
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, pil_format, **options)
+    return np.frombuffer(buffer.getvalue(), np.uint8)
+
+
+def encode_image(image, ext, jpeg_quality=95, metadata=None):
     """An array as read_image returns it -> the encoded file (a uint8 numpy buffer) in the format `ext`
-    names (".png", ...). 16 bits are kept in PNG and TIFF (elsewhere rounded to 8), alpha everywhere but JPEG."""
+    names (".png", ...), carrying `metadata` (read_image's info["metadata"]) where the format can.
+    16 bits are kept in PNG and TIFF (elsewhere rounded to 8), alpha everywhere but JPEG. `jpeg_quality`
+    is also HEIC's and AVIF's quality."""
+    metadata = metadata or {}
     if image.dtype == np.uint16 and ext not in FORMATS_WITH_16_BITS:
         image = ((image.astype(np.float32) + 128.5) / 257).astype(np.uint8)  # round(x / 257)
     if image.ndim == 3 and image.shape[2] == 4 and ext in FORMATS_WITHOUT_ALPHA:
         image = image[..., :3]
+    pillow_can_hold = image.dtype == np.uint8 or image.ndim == 2  # Pillow has no 16-bit RGB(A) mode
+    if ext in (".heic", ".heif", ".avif") or (metadata and ext in PILLOW_FORMATS and pillow_can_hold):
+        return encode_with_pil(np.ascontiguousarray(image), ext, jpeg_quality, metadata)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     ok, encoded = cv2.imencode(ext, image, encoder_params(ext, jpeg_quality))
     if not ok:
         raise OSError(f"OpenCV could not encode a {image.shape} {image.dtype} image as {ext}")
+    if metadata and ext in (".jpg", ".jpeg", ".png"):
+        encoded = with_metadata(encoded, ext, metadata)
     return encoded

@@ -8,6 +8,7 @@ Nothing is parsed at import: scripts call `run_script(main, get_*_parser())` und
 no trailing slash.
 """
 import argparse
+import math
 import sys
 
 EXIT_SOME_INPUTS_FAILED = 1  # the run went through, but some of its inputs could not be processed
@@ -138,11 +139,42 @@ def get_test_parser():
     add_inference_args(p, precision_help="fp32: exact. bf16: the network under bfloat16 autocast (the curve stays fp32; "
                        "results within 2/255), which pays off on GPUs and on CPUs with AVX512-BF16 or AMX (recent Xeon/EPYC) "
                        "and is slower on other CPUs. fp16: CUDA only")
-    p.add_argument("--max_mpix", type=float, default=200,
+    p.add_argument("--max_mpix", type=positive_finite, default=200,
                    help="refuse images above this many megapixels (read from the header: decompression bombs)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=non_negative_int, default=0,
                    help="images in flight at once (threads that read, enhance and write); 0 = one per CPU core")
+    g = p.add_argument_group("output files")
+    g.add_argument("--output_format", default="same",
+                   choices=["same", "jpg", "png", "bmp", "tif", "webp", "heic", "avif"],
+                   help="same: each output in its input's format (a format this installation cannot write, "
+                        "as HEIC without an HEVC encoder, becomes jpg); else this one, the extension changed")
+    g.add_argument("--quality", "--jpeg_quality", type=quality, default=95,
+                   help="quality of JPEG, HEIC and AVIF outputs (1-100); PNG, TIFF, BMP and WebP are lossless")
+    add_bool(g, "allow_corrupt", False, "enhance images with corrupt or missing data anyway (the missing part comes "
+                                        "out grey); by default they are errors and get no output")
     return p
+
+
+def positive_finite(value):
+    """A number > 0 that is not nan or inf (float() takes both, and nan compares false with any limit)."""
+    x = float(value)
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return x
+
+
+def non_negative_int(value):
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {value!r}")
+    return n
+
+
+def quality(value):
+    q = int(value)
+    if not 1 <= q <= 100:
+        raise argparse.ArgumentTypeError(f"expected a quality from 1 to 100, got {value!r}")
+    return q
 
 
 def temporal_smoothing(value):

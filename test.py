@@ -9,6 +9,7 @@ The enhancement itself is enhance.Enhancer; this script finds the files, plans w
 and decodes, enhances and encodes whole images in parallel threads (OpenCV and torch release the GIL).
 """
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageFile
 from tqdm import tqdm
 
 import image_io
@@ -30,64 +32,119 @@ class RunSummary:
     megapixels: float = 0.0
     seconds: float = 0.0
     failed: list = field(default_factory=list)  # (path, one-line reason)
-    skipped: list = field(default_factory=list)  # files that are not images
+    skipped: list = field(default_factory=list)  # (path, why): files that are not images, folder loops
 
 
-def plan_outputs(input_path, output_dir):
+def plan_outputs(input_path, output_dir, output_format="same"):
     """(jobs, skipped): a (source, destination) pair for every image under input_path, its folder tree
-    mirrored under output_dir, and the other files found. Hidden files and anything already under
-    output_dir are left out. Raises UserError when there is nothing to do or when an output would
-    replace an input."""
+    mirrored under output_dir (through linked folders), each destination with the extension of
+    image_io.output_extension, and (path, why) for what is left out: other files and links that loop back.
+    Hidden files and anything already under output_dir are left out. Raises UserError when there is
+    nothing to do, when an output would replace an input, or when two inputs would share an output."""
     root, out_root = Path(input_path), Path(output_dir)
     if not root.exists():
         raise UserError(f"input not found: {root} (give an image or a folder with --input_dir)")
     if root.is_file():
         if root.suffix.lower() not in image_io.IMAGE_EXTENSIONS:
             raise UserError(f"{root} is not an image file ({' '.join(image_io.IMAGE_EXTENSIONS)})")
-        jobs, skipped = [(root, out_root / root.name)], []
+        images, skipped = [root], []
+        relative = {root: Path(root.name)}
     else:
         # Results of an earlier run into a folder inside this one are not inputs (the folder itself is: see below).
         outputs = out_root.resolve() if out_root.resolve() != root.resolve() else None
-        files = [p for p in sorted(root.rglob("*")) if p.is_file()
-                 and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        loops = []
+        files = [p for p in image_io.walk_files(root, loops)
+                 if not any(part.startswith(".") for part in p.relative_to(root).parts)
                  and outputs not in p.resolve().parents]
         images = [p for p in files if p.suffix.lower() in image_io.IMAGE_EXTENSIONS]
-        skipped = [p for p in files if p.suffix.lower() not in image_io.IMAGE_EXTENSIONS]
+        skipped = [(p, "not an image file") for p in files if p.suffix.lower() not in image_io.IMAGE_EXTENSIONS]
+        skipped += [(link, f"a link back to {target} (a loop), not followed") for link, target in loops]
         if not images:
             raise UserError(f"no images in {root} (looked recursively for {' '.join(image_io.IMAGE_EXTENSIONS)})")
-        jobs = [(p, out_root / p.relative_to(root)) for p in images]
+        relative = {p: p.relative_to(root) for p in images}
+    jobs = [(p, (out_root / relative[p]).with_suffix(image_io.output_extension(p, output_format))) for p in images]
     inputs = {src.resolve() for src, _ in jobs}
-    for _, dst in jobs:
+    destinations = {}
+    for src, dst in jobs:
         if dst.resolve() in inputs:
             raise UserError(f"writing {dst} would overwrite an input image; choose another --test_dir")
+        if dst in destinations:
+            raise UserError(f"{destinations[dst]} and {src} would both be written to {dst}; "
+                            "rename one or choose another --output_format")
+        destinations[dst] = src
     return jobs, skipped
+
+
+def estimated_output_bytes(src, dst):
+    """A generous guess of an output's size: 3x its input's in the same format (brighter photos show more
+    noise; 2.5x at most on the test sets), else 1 byte a pixel for the lossy formats, 3 for the others."""
+    if src.suffix.lower() == dst.suffix.lower():
+        return 3 * src.stat().st_size
+    try:
+        with Image.open(src) as im:  # the header only
+            pixels = im.width * im.height
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 3 * src.stat().st_size  # read_image will name the problem
+    return pixels * (1 if dst.suffix.lower() in (".jpg", ".jpeg", ".heic", ".heif", ".avif") else 3)
+
+
+def check_output_folder(jobs, out_root):
+    """Fail before computing anything when the outputs cannot be written: the folder cannot be made or
+    written to, a name is longer than its file system allows, or the free space is short of an
+    estimate of what will be written (estimated_output_bytes)."""
+    out_root = Path(out_root)
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        probe = image_io.temporary_name(out_root / "probe")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write into the output folder {out_root}: {e.strerror or e}; "
+                        "choose another --test_dir") from None
+    try:
+        name_max = os.pathconf(out_root, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or a file system that does not say
+        name_max = 255
+    for _, dst in jobs:
+        for part in dst.relative_to(out_root).parts:
+            if len(os.fsencode(part)) > name_max:
+                raise UserError(f"{dst}: the name '{part[:40]}...' has {len(os.fsencode(part))} bytes, more than the "
+                                f"{name_max} the output folder's file system allows; shorten it")
+    needed = sum(estimated_output_bytes(src, dst) for src, dst in jobs)
+    free = shutil.disk_usage(out_root).free
+    if needed > free:
+        raise UserError(f"{out_root} has {free / 1e6:.0f} MB free, and the outputs need about {needed / 1e6:.0f} MB; "
+                        "free some space or choose another --test_dir")
 
 
 class Tester:
     """An Enhancer applied to files (enhance_file) and folders (run), as `python test.py` does."""
 
     def __init__(self, weight_dir="weight/sgz.pth", scale_factor=12, device="auto", precision="fp32", conv_type=None,
-                 max_pixels=image_io.DEFAULT_MAX_PIXELS):
+                 max_pixels=image_io.DEFAULT_MAX_PIXELS, quality=95, allow_corrupt=False):
         self.enhancer = Enhancer(weight_dir, scale_factor, device, precision, conv_type)
-        self.max_pixels = max_pixels
+        self.max_pixels, self.quality, self.allow_corrupt = max_pixels, quality, allow_corrupt
 
     def enhance_file(self, src, dst):
-        """One image file -> one enhanced file (atomically; never over the source). Returns (height, width)."""
+        """One image file -> one enhanced file with the input's metadata (atomically; never over the source).
+        Returns (height, width)."""
         if Path(dst).resolve() == Path(src).resolve():
             raise UserError(f"writing {dst} would overwrite its input; choose another output path")
-        image, _ = image_io.read_image(src, self.max_pixels)
-        image_io.write_image(dst, self.enhancer.enhance_array(image))
+        image, info = image_io.read_image(src, self.max_pixels, strict=not self.allow_corrupt)
+        image_io.write_image(dst, self.enhancer.enhance_array(image), self.quality, info["metadata"])
         return image.shape[:2]
 
-    def run(self, input_path, output_dir, workers=0, rank=0, world_size=1, progress=True):
+    def run(self, input_path, output_dir, workers=0, rank=0, world_size=1, progress=True, output_format="same"):
         """Enhance an image or a folder (recursively) into output_dir, mirroring the tree, `workers`
         images at a time (0: one per CPU); this process takes files[rank::world_size]. A file the user
         must fix (unreadable, unwritable) is reported in one line and the rest still run; any other error
         is a bug and stops the run. Returns a RunSummary."""
-        jobs, skipped = plan_outputs(input_path, output_dir)
+        jobs, skipped = plan_outputs(input_path, output_dir, output_format)
+        check_output_folder(jobs, output_dir)
+        image_io.remove_stale_temporaries({dst.parent for _, dst in jobs})
         summary = RunSummary(skipped=skipped if rank == 0 else [])
-        for path in summary.skipped:
-            tqdm.write(f"skipping {path}: not an image file", file=sys.stderr)
+        for path, why in summary.skipped:
+            tqdm.write(f"skipping {path}: {why}", file=sys.stderr)
         jobs = jobs[rank::world_size]
         workers = max(1, min(workers or available_cpus(), len(jobs)))
         start = time.perf_counter()
@@ -106,7 +163,7 @@ class Tester:
                         summary.failed.append((src, reason))
                         tqdm.write(f"error: {reason if str(src) in reason else f'{src}: {reason}'}", file=sys.stderr)
                     bar.update()
-            except BaseException:  # Ctrl-C or a bug: finish the images in flight (their writes are atomic), start no more
+            except BaseException:  # Ctrl-C, SIGTERM or a bug: finish the images in flight (their writes are atomic), start no more
                 for future in futures:
                     future.cancel()
                 raise
@@ -128,9 +185,13 @@ def main(args):
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     workers = args.workers or max(1, available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     tester = Tester(args.weight_dir, args.scale_factor, local_device(args.device), args.precision,
-                    max_pixels=args.max_mpix * 1e6)
+                    max_pixels=args.max_mpix * 1e6, quality=args.quality, allow_corrupt=args.allow_corrupt)
+    if args.allow_corrupt:  # Pillow's decoders too (a process-wide switch; the JPEG decoder takes it per call)
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+    image_io.interrupt_on_sigterm()
     try:
-        summary = tester.run(args.input_dir, args.test_dir, workers=workers, rank=rank, world_size=world_size)
+        summary = tester.run(args.input_dir, args.test_dir, workers=workers, rank=rank, world_size=world_size,
+                             output_format=args.output_format)
     except KeyboardInterrupt:
         print("interrupted: the images already written are complete, the others were not started", file=sys.stderr)
         return EXIT_INTERRUPTED

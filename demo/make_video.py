@@ -7,11 +7,13 @@
 Enhancing streams every frame from the decoder through the network to the encoder (PyAV: FFmpeg
 inside its wheel), so nothing but the output goes to disk and memory stays constant however long
 the clip. Each frame keeps its timestamp (variable frame rates and the duration survive), audio
-packets are copied unchanged, and the rotation and colour tags are carried over. The output is
-written to a temporary file and renamed when complete.
+packets are copied unchanged (re-encoded to AAC where the output's container cannot hold them), the
+rotation and colour tags are carried over, and 10-bit (HDR) input stays 10-bit. The output is
+written to a temporary file and renamed when complete; an output that is the input is refused.
 """
 import collections
 import contextlib
+import os
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from enhance import Enhancer, available_cpus, thread_limits
-from image_io import atomic_output, find_images, load_rgb, write_image
+from image_io import atomic_output, find_images, interrupt_on_sigterm, load_rgb, remove_stale_temporaries, write_image
 from option import UserError, get_video_parser, run_script
 
 FRAMES_IN_FLIGHT = 2  # frames being enhanced ahead of the encoder (each one a few MB at 1080p)
@@ -48,6 +50,9 @@ def open_video(path):
     if not container.streams.video:
         container.close()
         raise UserError(f"{path} holds no video stream; give a video file")
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # FFmpeg reads a photo as
+        container.close()                                                            # a one-frame video
+        raise UserError(f"{path} is a still image, not a video; enhance photos with test.py")
     return container
 
 
@@ -97,9 +102,15 @@ def display_matrix(frame):
     return None if side_data is None else np.frombuffer(bytes(side_data), dtype=np.int32).tolist()
 
 
-def to_rgb(frame):
-    """(H, W, 3) uint8 RGB, converted with the frame's own matrix and range (BT.709, full range, ...)."""
-    return frame.to_ndarray(format="rgb24")
+def is_deep(frame):
+    """Whether the frame has more than 8 bits a sample (10-bit HEVC from phones, HDR)."""
+    return frame.format.components[0].bits > 8
+
+
+def to_rgb(frame, deep=False):
+    """(H, W, 3) RGB, uint8 or (deep) uint16, converted with the frame's own matrix and range (BT.709, full
+    range, BT.2020, ...)."""
+    return frame.to_ndarray(format="rgb48le" if deep else "rgb24")
 
 
 def upright(rgb, frame):
@@ -110,12 +121,22 @@ def upright(rgb, frame):
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-def add_h264_stream(container, width, height, rate, time_base, crf, preset, colour=None):
-    """A libx264 stream. 4:2:0 needs even sides; odd sizes use 4:4:4 so the output keeps the
-    input's exact width and height. `colour`: a codec context or frame whose tags to repeat."""
-    stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
+# 10-bit video: HEVC Main 10 (what phones record and HDR players expect), else H.264 High 10.
+TEN_BIT_ENCODERS = [name for name in ("libx265", "libx264") if name in av.codecs_available]
+
+
+def add_h264_stream(container, width, height, rate, time_base, crf, preset, colour=None, deep=False):
+    """A libx264 stream, or for `deep` (10-bit) input a 10-bit one (TEN_BIT_ENCODERS). 4:2:0 needs even
+    sides; odd sizes use 4:4:4 so the output keeps the input's exact width and height. `colour`: a codec
+    context or frame whose tags to repeat (BT.2020 and the HDR transfer curves included)."""
+    codec = TEN_BIT_ENCODERS[0] if deep and TEN_BIT_ENCODERS else "libx264"
+    options = {"crf": str(crf), "preset": preset}
+    if codec == "libx265":
+        options["x265-params"] = "log-level=error"  # x265 prints its settings otherwise
+    stream = container.add_stream(codec, rate=rate, options=options)
     stream.width, stream.height = width, height
-    stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+    chroma = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+    stream.pix_fmt = chroma + ("10le" if deep and TEN_BIT_ENCODERS else "")
     stream.codec_context.time_base = stream.time_base = time_base
     if colour is not None:
         for tag in ("colorspace", "color_range", "color_primaries", "color_trc"):
@@ -127,7 +148,7 @@ def to_video_frame(rgb, stream, pts, time_base):
     """An RGB array as a frame in the stream's pixel format, converted with the matrix and range
     the stream is tagged with (so a BT.709 input comes back BT.709)."""
     cc = stream.codec_context
-    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if rgb.dtype == np.uint16 else "rgb24").reformat(
         format=cc.pix_fmt, dst_colorspace=cc.colorspace, dst_color_range=cc.color_range)
     frame.pts, frame.time_base = pts, time_base
     return frame
@@ -136,7 +157,9 @@ def to_video_frame(rgb, stream, pts, time_base):
 @contextlib.contextmanager
 def video_writer(path):
     """An output container on a temporary file beside `path`, renamed to `path` when the block
-    completes and removed if it fails; FFmpeg's errors become one UserError naming the output."""
+    completes and removed if it fails; FFmpeg's errors become one UserError naming the output. Temporary
+    files that killed runs left beside it are removed first."""
+    remove_stale_temporaries([Path(path).parent])
     with atomic_output(path) as tmp:
         try:
             container = av.open(str(tmp), "w")
@@ -177,7 +200,7 @@ class FlickerMeter:
         self.previous, self.total, self.changes = None, 0.0, 0
 
     def add(self, rgb):
-        brightness = sum(cv2.mean(rgb)[:3]) / 3  # 6x faster than numpy's mean
+        brightness = sum(cv2.mean(rgb)[:3]) / 3 / (257 if rgb.dtype == np.uint16 else 1)  # 6x faster than numpy's
         if self.previous is not None:
             self.total += abs(brightness - self.previous)
             self.changes += 1
@@ -188,6 +211,22 @@ class FlickerMeter:
         return self.total / self.changes if self.changes else 0.0
 
 
+def add_audio_stream(container, template):
+    """A copy of the input's audio stream where the output's container holds its codec, else an AAC
+    stream (the packets then need re-encoding: see audio_packets)."""
+    if template.codec_context.name in container.supported_codecs:
+        return container.add_stream_from_template(template)
+    return container.add_stream("aac", rate=template.codec_context.sample_rate, layout=template.codec_context.layout)
+
+
+def audio_packets(packet, stream, reencode):
+    """The packets to mux for an input audio packet: itself, or (reencode) its sound encoded into `stream`."""
+    if not reencode:
+        packet.stream = stream
+        return [packet]
+    return [out for frame in packet.decode() for out in stream.encode(frame)]
+
+
 def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="medium"):
     """Enhance `src` into `dst` frame by frame with `enhancer` (an enhance.Enhancer). Returns a summary:
     frames, size, audio codecs, and the flicker of the input and the output.
@@ -195,19 +234,23 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
     Frames are enhanced in a worker thread, FRAMES_IN_FLIGHT ahead of the encoder, so that the network
     runs while this thread decodes, converts and encodes the frames around it (each of these releases the
     GIL); the encoder alone keeps a 2-core machine only half busy."""
-    matrix = display_matrix(first_frame(src))
+    first = first_frame(src)
+    matrix, deep = display_matrix(first), is_deep(first)
     map_filter = CurveMapEMA(temporal_smoothing) if temporal_smoothing > 0 else None  # one worker: frames in order
     flicker_in, flicker_out = FlickerMeter(), FlickerMeter()
-    frames = next_pts = last_pts = 0
+    frames = last_pts = 0
     # The network gets half the cores, the encoder's own threads the rest (see thread_limits).
     with open_video(src) as inp, video_writer(dst) as out, ThreadPoolExecutor(1) as worker, \
             thread_limits(torch_threads=max(1, available_cpus() // 2), opencv_threads=0):
         vin = inp.streams.video[0]
         rate = vin.average_rate or vin.guessed_rate or 30
+        numbered, next_pts = inp.format.name == "avi", vin.start_time or 0
         vout = add_h264_stream(out, vin.codec_context.width, vin.codec_context.height, rate, vin.time_base, crf, preset,
-                               vin.codec_context)
+                               vin.codec_context, deep)
         vout.set_display_matrix(matrix)
-        audio = {a.index: out.add_stream_from_template(a) for a in inp.streams.audio}
+        audio = {a.index: add_audio_stream(out, a) for a in inp.streams.audio}
+        reencoded = {a.index: a.codec_context.name for a in inp.streams.audio
+                     if audio[a.index].codec_context.name != a.codec_context.name}
         in_flight = collections.deque()  # (input RGB, pts, future of the enhanced RGB), in display order
         with tqdm(total=vin.frames or None, unit="frame", desc=Path(src).name, dynamic_ncols=True) as bar:
             def encode_oldest():
@@ -220,12 +263,13 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
 
             for item in decoded(inp, src, [vin, *inp.streams.audio]):
                 if isinstance(item, av.Packet):
-                    item.stream = audio[item.stream.index]
-                    out.mux(item)
+                    out.mux(audio_packets(item, audio[item.stream.index], item.stream.index in reencoded))
                     continue
-                rgb = to_rgb(item)
-                # Raw streams (.h264) carry no timestamps: such frames follow each other.
-                last_pts = item.pts if item.pts is not None else next_pts
+                rgb = to_rgb(item, deep)
+                # Raw streams (.h264) carry no timestamps, and AVI none FFmpeg can rely on (it stores frames in
+                # decoding order; with B-frames its guesses come one frame late and out of order): such
+                # frames follow each other, from the stream's start.
+                last_pts = item.pts if item.pts is not None and not numbered else next_pts
                 next_pts = last_pts + (item.duration or round(1 / (rate * vin.time_base)))
                 in_flight.append((rgb, last_pts, worker.submit(enhancer.enhance_array, rgb, map_filter=map_filter)))
                 frames += 1
@@ -237,8 +281,11 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
         if tail and vin.duration:  # the last frame lasts as long as in the input (else the muxer guesses 1/fps)
             tail[-1].duration = (vin.start_time or 0) + vin.duration - last_pts
         out.mux(tail)
-    return {"frames": frames, "width": vout.width, "height": vout.height,
-            "audio": [a.codec_context.name for a in audio.values()],
+        for index in reencoded:
+            out.mux(audio[index].encode(None))
+    return {"frames": frames, "width": vout.width, "height": vout.height, "codec": vout.codec_context.name,
+            "pix_fmt": vout.pix_fmt, "audio": [a.codec_context.name for a in audio.values()],
+            "audio_reencoded": list(reencoded.values()),
             "flicker_in": flicker_in.value, "flicker_out": flicker_out.value}
 
 
@@ -246,8 +293,12 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
 # The official frames workflow
 # ---------------------------------------------------------------------------------------------
 def frame_path_pattern(folder):
-    """'frames' -> 'frames/%d.jpg' (the official names); a printf pattern is used as it is."""
-    return str(folder) if "%" in str(folder) else str(Path(folder) / "%d.jpg")
+    """'frames' -> 'frames/%d.jpg' (the official names); a printf pattern with one number ('frames/%05d.png')
+    is used as it is; any other '%' is part of a name ('50% dark')."""
+    text = str(folder)
+    if re.fullmatch(r"[^%]*%0?\d*d[^%]*", text):
+        return text
+    return str(Path(text.replace("%", "%%")) / "%d.jpg")
 
 
 def video_to_frames(src, pattern):
@@ -295,22 +346,35 @@ def frames_to_video(folder, dst, fps, crf=18, preset="medium"):
     return len(paths)
 
 
+def refuse_same_file(src, dst):
+    """An output that is its input (also through links) would destroy the original: refused."""
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
+        raise UserError(f"writing {dst} would replace the input video {src}; choose another output (--save_path)")
+
+
 def main(args):
+    interrupt_on_sigterm()
     if args.choice == "V2I":
         count = video_to_frames(args.video_path, frame_path_pattern(args.image_lowlight_folder))
         print(f"wrote {count} frames to {args.image_lowlight_folder}")
     elif args.choice == "I2V":
         fps = args.fps or (video_frame_rate(args.video_path) if Path(args.video_path).is_file() else 30)
         dst = args.save_path or str(Path(args.image_folder)) + ".mp4"
+        if Path(args.video_path).is_file():
+            refuse_same_file(args.video_path, dst)
         count = frames_to_video(args.image_folder, dst, fps, args.crf, args.preset)
         print(f"wrote {dst}: {count} frames at {float(fps):g} fps")
     else:
         dst = args.save_path or str(Path(args.video_path).with_name(Path(args.video_path).stem + "_enhanced.mp4"))
+        refuse_same_file(args.video_path, dst)
         open_video(args.video_path).close()  # a bad video fails before the network loads
         enhancer = Enhancer(args.weight_dir, args.scale_factor, args.device, args.precision)
         s = enhance_video(enhancer, args.video_path, dst, args.temporal_smoothing, args.crf, args.preset)
         audio = f"audio copied ({', '.join(s['audio'])})" if s["audio"] else "no audio"
-        print(f"wrote {dst}: {s['frames']} frames, {s['width']}x{s['height']}, {audio}; flicker (mean |change| of "
+        if s["audio_reencoded"]:
+            audio += f", {', '.join(s['audio_reencoded'])} re-encoded (the container cannot hold it)"
+        print(f"wrote {dst}: {s['frames']} frames, {s['width']}x{s['height']} {s['codec']} {s['pix_fmt']}, {audio}; flicker (mean |change| of "
               f"brightness frame to frame): input {s['flicker_in']:.3f}, output {s['flicker_out']:.3f}")
 
 

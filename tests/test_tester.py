@@ -1,4 +1,5 @@
 """test.py: the command line's files, messages and exit codes."""
+import io
 import os
 import runpy
 import subprocess
@@ -136,3 +137,178 @@ def test_torchrun_ranks_take_disjoint_shares(weights, tmp_path):
     shares = [sorted(p.name for p in (tmp_path / f"out{rank}").iterdir()) for rank in (0, 1)]
     assert shares == [["0.png", "2.png", "4.png"], ["1.png", "3.png"]]
     assert "[rank 1/2] 2 images" in outputs[1][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files as people have them, and output folders that cannot take the results
+# ---------------------------------------------------------------------------------------------
+def tree_bytes(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_long_names_linked_folders_and_cut_jpegs(weights, tmp_path, monkeypatch, capsys):
+    src, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    src.mkdir()
+    elsewhere.mkdir()
+    rgb = dark_image((40, 60, 3))
+    long_name = "n" * 241 + ".jpg"  # 245 characters: the old temporary name pushed it past 255
+    Image.fromarray(rgb).save(src / long_name, quality=95)
+    Image.fromarray(rgb).save(elsewhere / "linked.png")
+    (src / "album").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(src, target_is_directory=True)  # in/album/loop -> in: must not recurse
+    buffer = io.BytesIO()
+    Image.fromarray((np.random.default_rng(1).random((90, 120, 3)) * 255).astype(np.uint8)).save(buffer, "JPEG")
+    (src / "cut.jpg").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) * 4 // 10] + b"\xff\xd9")
+    before = tree_bytes(src)
+    out = tmp_path / "out"
+    code = run_main(["--input_dir", src, "--test_dir", out, "--weight_dir", weights], monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        ["album/linked.png", long_name]
+    assert "cut.jpg: corrupt or truncated JPEG" in err and "a loop" in err
+    assert tree_bytes(src) == before  # inputs untouched
+    # --allow_corrupt enhances it anyway
+    assert run_main(["--input_dir", src / "cut.jpg", "--test_dir", out, "--weight_dir", weights,
+                     "--allow_corrupt"], monkeypatch) == 0
+    assert image_io.read_image(out / "cut.jpg")[0].shape == (90, 120, 3)
+
+
+def test_metadata_and_formats_through_the_command_line(weights, tmp_path, monkeypatch):
+    from test_metadata import ICC, assert_camera_exif_kept, camera_exif
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(dark_image((40, 60, 3))).save(src / "a.jpg", exif=camera_exif(orientation=8), icc_profile=ICC)
+    Image.fromarray(dark_image((40, 60, 3))).save(src / "b.heic", exif=camera_exif(), quality=90)
+    assert run_main(["--input_dir", src, "--test_dir", tmp_path / "same", "--weight_dir", weights], monkeypatch) == 0
+    a, b = Image.open(tmp_path / "same" / "a.jpg"), Image.open(tmp_path / "same" / "b.heic")
+    assert a.size == (40, 60) and a.info["icc_profile"] == ICC and a.getexif()[image_io.EXIF_ORIENTATION] == 1
+    assert_camera_exif_kept(a.getexif())
+    assert b.format == "HEIF" and b.size == (60, 40)
+    assert_camera_exif_kept(b.getexif())
+    assert run_main(["--input_dir", src, "--test_dir", tmp_path / "png", "--weight_dir", weights,
+                     "--output_format", "png"], monkeypatch) == 0
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a.png", "b.png"]
+    assert Image.open(tmp_path / "png" / "a.png").info["icc_profile"] == ICC
+    small = tmp_path / "q"
+    assert run_main(["--input_dir", src / "a.jpg", "--test_dir", small, "--weight_dir", weights,
+                     "--quality", "20"], monkeypatch) == 0
+    assert (small / "a.jpg").stat().st_size < (tmp_path / "same" / "a.jpg").stat().st_size
+
+
+def test_output_folders_that_cannot_take_the_results_fail_before_computing(weights, tmp_path, monkeypatch, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(dark_image((40, 60, 3))).save(src / "p.png")
+    Image.fromarray(dark_image((40, 60, 3))).save(src / "p.jpg")
+    base = ["--input_dir", src, "--weight_dir", weights]
+    monkeypatch.setattr(sgz_test.Tester, "enhance_file", lambda *a: pytest.fail("computed before checking"))
+
+    (tmp_path / "a_file").write_text("x")
+    assert run_main(base + ["--test_dir", tmp_path / "a_file"], monkeypatch) == 2
+    assert "cannot write into the output folder" in capsys.readouterr().err
+
+    read_only = tmp_path / "read_only"  # tests may run as root, which chmod does not stop: the OS's answer, simulated
+    read_only.mkdir()
+    real_open = os.open
+
+    def refusing_open(path, *args, **kwargs):
+        if str(path).startswith(str(read_only)):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(os, "open", refusing_open)
+        assert run_main(base + ["--test_dir", read_only], monkeypatch) == 2
+    assert "Permission denied" in capsys.readouterr().err
+
+    with monkeypatch.context() as m:  # a full disk
+        m.setattr(sgz_test.shutil, "disk_usage", lambda path: shutil_usage(free=1000))
+        assert run_main(base + ["--test_dir", tmp_path / "full"], monkeypatch) == 2
+    assert "MB free" in capsys.readouterr().err
+
+    assert run_main(base + ["--test_dir", tmp_path / "same", "--output_format", "png"], monkeypatch) == 2
+    assert "would both be written to" in capsys.readouterr().err  # p.png and p.jpg -> p.png
+
+    with monkeypatch.context() as m:  # a file system with short names (FAT-like limits, network shares)
+        m.setattr(sgz_test.os, "pathconf", lambda path, name: 4)
+        assert run_main(base + ["--test_dir", tmp_path / "short"], monkeypatch) == 2
+    assert "more than the 4 the output folder's file system allows" in capsys.readouterr().err
+    assert not any(p.is_file() for p in tmp_path.rglob("*") if "in" not in p.parts and p.name != "a_file")
+
+
+def shutil_usage(free):
+    import shutil
+    return shutil._ntuple_diskusage(10 ** 12, 10 ** 12 - free, free)
+
+
+def test_nan_weights_and_bad_option_values(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import model
+    net = model.EnhanceNet()
+    with torch.no_grad():
+        net.e_conv7.point_conv.weight.fill_(float("nan"))
+    torch.save(net.state_dict(), tmp_path / "nan.pth")
+    Image.fromarray(dark_image((20, 30, 3))).save(tmp_path / "p.png")
+    out = tmp_path / "out"
+    assert run_main(["--input_dir", tmp_path / "p.png", "--test_dir", out, "--weight_dir", tmp_path / "nan.pth"],
+                    monkeypatch) == 2
+    assert "NaN or infinite weights" in capsys.readouterr().err and not out.exists()
+    for flag, value in (("--max_mpix", "nan"), ("--max_mpix", "-1"), ("--workers", "-2"), ("--quality", "101")):
+        with pytest.raises(SystemExit) as exit_info:
+            get_test_parser().parse_args([flag, value])
+        assert exit_info.value.code == 2
+
+
+def test_non_finite_network_output_is_an_error(weights, tmp_path, monkeypatch, capsys):
+    """Finite weights can still overflow (fp16, extreme inputs): every such image is named, none is written."""
+    from enhance import Enhancer
+    real = Enhancer.curve_map_rows
+
+    def poisoned(self, rgb, *args):
+        return real(self, rgb * float("inf"), *args)
+    monkeypatch.setattr(Enhancer, "curve_map_rows", poisoned)
+    Image.fromarray(dark_image((20, 30, 3))).save(tmp_path / "p.png")
+    assert run_main(["--input_dir", tmp_path / "p.png", "--test_dir", tmp_path / "out", "--weight_dir", weights],
+                    monkeypatch) == 1
+    assert "not finite" in capsys.readouterr().err and not (tmp_path / "out" / "p.png").exists()
+
+
+def test_stale_temporaries_are_cleaned_and_sigterm_leaves_none(weights, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for i in range(40):
+        Image.fromarray(dark_image((200, 300, 3), seed=i)).save(src / f"{i:02d}.png")
+    dead = out / ".sgz-4194999-0badc0de.tmp.png"  # above Linux's largest pid: its writer is surely gone
+    alive = out / f".sgz-{os.getpid()}-00c0ffee.tmp.png"  # a writer still at work
+    dead.write_bytes(b"half")
+    alive.write_bytes(b"half")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "test.py"), "--input_dir", str(src), "--test_dir", str(out),
+                             "--weight_dir", str(weights), "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    import time
+    deadline = time.monotonic() + 60
+    while not any(p.suffix == ".png" and not p.name.startswith(".") for p in out.iterdir()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.terminate()  # SIGTERM
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert not dead.exists() and alive.exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".sgz-")] == [alive.name]
+    written = [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert 0 < len(written) < 40 and all(image_io.read_image(p)[0].shape == (200, 300, 3) for p in written)
+
+
+def test_a_disk_that_fills_up_during_the_run_is_named_plainly(weights, tmp_path, monkeypatch, capsys):
+    import errno
+    Image.fromarray(dark_image((20, 30, 3))).save(tmp_path / "p.png")
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(image_io.Path, "write_bytes", full)
+    assert run_main(["--input_dir", tmp_path / "p.png", "--test_dir", tmp_path / "out", "--weight_dir", weights],
+                    monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'out' / 'p.png'}: No space left on device" in err, err
+    assert not (tmp_path / "out" / "p.png").exists() and not list((tmp_path / "out").iterdir())  # no temporary left

@@ -322,3 +322,141 @@ def test_official_flags_parse():
         ("a.mp4", "b.mp4", "V2I", "f", "g")
     assert get_video_parser().parse_args([]).temporal_smoothing == 0.0  # off by default: the paper's output
     assert get_video_parser().parse_args(["--temporal_smoothing"]).temporal_smoothing == 0.8
+
+
+# ---------------------------------------------------------------------------------------------
+# Clips as phones and old cameras make them; outputs that must not destroy anything
+# ---------------------------------------------------------------------------------------------
+def make_ten_bit_hevc(path, frames=6, width=96, height=64):
+    """A 10-bit HEVC clip tagged BT.2020 / HLG, as phones record HDR video."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx265", rate=FPS, options={"crf": "20", "preset": "ultrafast",
+                                                               "x265-params": "log-level=error"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p10le"
+        cc = stream.codec_context
+        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 9, 9, 18, 1  # BT.2020 nc, HLG, limited
+        for i in range(frames):
+            rgb = clip_frame(i, width, height).astype(np.uint16) * 257 + 100  # values 8 bits cannot hold
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le").reformat(
+                format="yuv420p10le", dst_colorspace=9, dst_color_range=1)
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return Path(path)
+
+
+def test_ten_bit_hevc_comes_out_ten_bit_with_its_hdr_tags(tmp_path, tester):
+    src = make_ten_bit_hevc(tmp_path / "hdr.mp4")
+    summary = mv.enhance_video(tester, src, tmp_path / "out.mp4")
+    assert summary["pix_fmt"] == "yuv420p10le" and summary["codec"] == mv.TEN_BIT_ENCODERS[0]
+    assert summary["flicker_in"] < 255  # on the 0-255 scale of 8-bit clips
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        cc = c.streams.video[0].codec_context
+        assert cc.format.components[0].bits == 10
+        assert (cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range) == (9, 9, 18, 1)
+        frames = [f.to_ndarray(format="rgb48le") for f in c.decode(video=0)]
+    with av.open(str(src)) as c:
+        expected = [tester.enhance_array(f.to_ndarray(format="rgb48le")) for f in c.decode(video=0)]
+    assert len(frames) == 6 and frames[0].dtype == np.uint16
+    assert max(np.abs(g.astype(int) - e).mean() for g, e in zip(frames, expected)) < 3 * 257  # codec loss only
+    assert len(np.unique(frames[0][..., 1] & 0xFF)) > 4  # low bits in use: not 8-bit values scaled up
+
+
+def make_clip_with_audio_codec(path, audio_codec):
+    """A clip in `path`'s container with audio in a codec that MP4 cannot hold (e.g. pcm_u8 from old cameras)."""
+    with av.open(str(path), "w") as out:
+        video = mv.add_h264_stream(out, 64, 48, FPS, Fraction(1, FPS), 18, "ultrafast")
+        sound = out.add_stream(audio_codec, rate=8000, layout="mono")
+        for i in range(12):
+            out.mux(video.encode(mv.to_video_frame(clip_frame(i, 64, 48), video, i, Fraction(1, FPS))))
+        out.mux(video.encode(None))
+        for start in range(0, 4000, 400):
+            tone = (128 + 60 * np.sin(2 * np.pi * 440 * (start + np.arange(400)) / 8000)).astype(np.uint8)[None]
+            frame = av.AudioFrame.from_ndarray(tone, format="u8", layout="mono")
+            frame.sample_rate, frame.pts = 8000, start
+            out.mux(sound.encode(frame))
+        out.mux(sound.encode(None))
+    return Path(path)
+
+
+def test_audio_the_container_refuses_is_reencoded_to_aac(tmp_path):
+    src = make_clip_with_audio_codec(tmp_path / "camera.mov", "pcm_u8")
+    summary = mv.enhance_video(Identity(), src, tmp_path / "out.mp4")
+    assert summary["audio"] == ["aac"] and summary["audio_reencoded"] == ["pcm_u8"]
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        audio = c.streams.audio[0]
+        seconds = sum(f.samples for f in c.decode(audio)) / audio.codec_context.sample_rate
+    assert audio.codec_context.name == "aac" and abs(seconds - 0.5) < 0.15  # the sound is there, all of it
+
+
+def test_avi_frames_keep_their_times(tmp_path):
+    """AVI stores frames in decoding order without presentation times: with B-frames FFmpeg's guesses
+    start one frame late and run out of order."""
+    src = tmp_path / "old.avi"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)  # with B-frames
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(12):
+            frame = av.VideoFrame.from_ndarray(clip_frame(i, 96, 64), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    mv.enhance_video(Identity(), src, tmp_path / "out.mp4")
+    after = describe(tmp_path / "out.mp4")
+    assert after["times"] == [i / FPS for i in range(12)] and after["duration"] == pytest.approx(12 / FPS)
+    green = [f[..., 1].mean() for f in decode_rgb(tmp_path / "out.mp4")]
+    assert green == sorted(green)  # frames in their order
+
+
+def test_output_that_is_the_input_is_refused_and_the_original_kept(tmp_path, weights):
+    src = make_clip(tmp_path / "v.mp4")
+    original = src.read_bytes()
+    (tmp_path / "link.mp4").symlink_to(src)
+    for output in (src, tmp_path / "link.mp4", tmp_path / "." / "v.mp4"):
+        result = run_script(src, output, "--weight_dir", weights, "--device", "cpu")
+        assert result.returncode == 2 and "would replace the input video" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert src.read_bytes() == original and leftovers(tmp_path) == ["link.mp4", "v.mp4"]
+
+
+def test_a_still_image_is_not_a_video(tmp_path):
+    from PIL import Image
+    Image.fromarray(clip_frame(0, 32, 24)).save(tmp_path / "photo.jpg")
+    with pytest.raises(UserError, match="still image, not a video"):
+        mv.enhance_video(Identity(), tmp_path / "photo.jpg", tmp_path / "out.mp4")
+    assert leftovers(tmp_path) == ["photo.jpg"]
+
+
+def test_frame_folders_with_percent_in_their_names(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", audio=False)
+    folder = tmp_path / "50% darker"
+    assert mv.frame_path_pattern(folder) == str(folder).replace("%", "%%") + "/%d.jpg"
+    assert mv.frame_path_pattern(tmp_path / "f" / "%05d.png") == str(tmp_path / "f" / "%05d.png")
+    assert mv.video_to_frames(src, mv.frame_path_pattern(folder)) == 12
+    assert sorted(p.name for p in folder.iterdir())[:2] == ["0.jpg", "1.jpg"]
+
+
+def test_stale_temporary_video_of_a_killed_run_is_removed(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", audio=False)
+    stale = tmp_path / ".sgz-4194999-0badc0de.tmp.mp4"  # a SIGKILLed run's: no such process
+    stale.write_bytes(b"\0" * 1000)
+    mv.enhance_video(Identity(), src, tmp_path / "out.mp4")
+    assert leftovers(tmp_path) == ["in.mp4", "out.mp4"]
+
+
+def test_sigterm_and_ctrl_c_leave_no_temporary_file(tmp_path, weights):
+    import signal
+    import time
+    src = make_clip(tmp_path / "long.mp4", 160, 120, frames=240, audio=False)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        proc = subprocess.Popen([sys.executable, str(ROOT / "demo" / "make_video.py"), "--video_path", str(src),
+                                 "--save_path", str(tmp_path / "out.mp4"), "--weight_dir", str(weights),
+                                 "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".sgz-") for p in tmp_path.iterdir()):  # writing has begun
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        err = proc.communicate(timeout=60)[1]
+        assert proc.returncode == 130 and err.rstrip().endswith("interrupted") and "Traceback" not in err, err
+        assert leftovers(tmp_path) == ["long.mp4"]
