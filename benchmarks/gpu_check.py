@@ -32,6 +32,7 @@ torchvision, numpy, opencv-python-headless, pillow, av, tqdm, scikit-image, scip
 weight/sgz.pth; for stage 4 the test photos (SGZ_SHARED, or a shared/ folder beside or inside the project).
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -45,9 +46,17 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import image_io  # noqa: E402
+import model  # noqa: E402
+from enhance import PRECISIONS, Enhancer, available_cpus, thread_limits  # noqa: E402
 from option import UserError, run_script  # noqa: E402
 
 WEIGHTS = ROOT / "weight" / "sgz.pth"
@@ -160,10 +169,6 @@ def stage_correctness(stage):
 def sample_frames(count, height, width):
     """`count` RGB uint8 frames made from the project's sample photos (data/test_data), flipped
     in turn so that consecutive frames differ."""
-    import cv2
-    import numpy as np
-
-    import image_io
     photos = [np.asarray(image_io.load_rgb(p)) for p in image_io.find_images(ROOT / "data" / "test_data")]
     frames = np.empty((count, height, width, 3), np.uint8)
     for i in range(count):
@@ -174,17 +179,12 @@ def sample_frames(count, height, width):
 
 def shrink(frames, size):
     """(B, H, W, 3) uint8 -> the (B, 3, h, w) float copy in [0, 1] that the network sees (bilinear, as Enhancer)."""
-    import torch.nn.functional as F
     x = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", align_corners=False)
     return x.div_(255)
 
 
 def finish(frames, curve_map):
     """The curve map resized to the frames, the curve applied, rounded half up to uint8 (B, H, W, 3)."""
-    import torch
-    import torch.nn.functional as F
-
-    import model
     x = frames.permute(0, 3, 1, 2).float().div(255)
     r = F.interpolate(curve_map, size=frames.shape[1:3], mode="bilinear", align_corners=True)
     y = model.apply_curve(x, r)
@@ -199,7 +199,6 @@ def full_resolution_steps(compiled):
     if not compiled:
         return shrink, finish
     if not COMPILED:
-        import torch
         COMPILED["steps"] = tuple(torch.compile(f, dynamic=False) for f in (shrink, finish))
     return COMPILED["steps"]
 
@@ -211,17 +210,11 @@ class FramePipeline:
     (compiled=True: the two full-resolution steps become a few kernels each)."""
 
     def __init__(self, net, precision, compiled=False):
-        import enhance
-        import model
-        self.net, self.dtype = net, enhance.PRECISIONS[precision]
+        self.net, self.dtype = net, PRECISIONS[precision]
         self.device = next(net.parameters()).device
         self.shrink, self.finish = full_resolution_steps(compiled)
 
     def __call__(self, frames):
-        import contextlib
-
-        import torch
-        import model
         low_size = model.downscaled_size(frames.shape[1], frames.shape[2], SCALE_FACTOR)
         low = self.shrink(frames, low_size).contiguous(memory_format=torch.channels_last)
         # no autocast cache: a CUDA graph must not capture cached casts of the weights
@@ -234,7 +227,6 @@ class FramePipeline:
 
 def in_cuda_graph(fn, example):
     """fn captured in a CUDA graph on a copy of `example`: returns (replay, static input, static output)."""
-    import torch
     static_in = example.clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -274,7 +266,6 @@ def host_to_host_run(pipeline, host_in, host_out, batch, min_seconds):
     """Frames/s from pinned host frames to pinned host frames, batch by batch through two slots, each a CUDA
     graph with its own device buffers: copy in (stream 1), compute (stream 2), copy out (stream 3), so the
     copies of one batch overlap the computation of the other. Returns (frames/s, frames done)."""
-    import torch
     streams = [torch.cuda.Stream() for _ in range(3)]
     slots = []
     for _ in range(2):
@@ -308,17 +299,11 @@ def host_to_host_run(pipeline, host_in, host_out, batch, min_seconds):
 
 
 def stage_inference(stage):
-    import numpy as np
-    import torch
-
-    import model
-    from enhance import Enhancer
     device = torch.device(stage.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     height, width, batch = stage.sizes["frames"]
     precisions = ["fp32", "bf16", "fp16"] if cuda else ["fp32", "bf16"]
-    modes = ["eager", "graph", "compiled+graph"] if cuda else ["eager"]
     min_seconds = 1.0 if cuda else 0.0
     if cuda:
         torch.cuda.set_device(device)
@@ -338,7 +323,7 @@ def stage_inference(stage):
         some = frames[:min(3, batch)]
         if mode == "eager":
             out = FramePipeline(net, precision)(some)
-        else:  # the compiled functions are compiled for the batch size they are timed at
+        else:  # compiled for the batch size it is timed at
             out = FramePipeline(net, precision, compiled=True)(frames[:batch])[:len(some)]
         diff = max(int(np.abs(o.astype(int) - enhancer.enhance_array(f)).max())
                    for o, f in zip(out.cpu().numpy(), host[:len(some)]))
@@ -356,7 +341,7 @@ def stage_inference(stage):
         pool = 4 * batch  # frames cycled through: 4 batches of pinned memory each way
         host_in = torch.empty((pool, height, width, 3), dtype=torch.uint8, pin_memory=True)
         host_in.copy_(torch.from_numpy(np.concatenate([host] * (pool // len(host)))))
-        host_out = torch.empty_like(host_in).pin_memory()
+        host_out = torch.empty_like(host_in, pin_memory=True)
         fps, done = host_to_host_run(pipeline, host_in, host_out, size, min_seconds)
         # the overlapped copies delivered what the device computes, frame for frame
         expected = pipeline(host_in[:batch].to(device)).cpu()
@@ -364,27 +349,45 @@ def stage_inference(stage):
         return {"precision": precision, "mode": mode, "batch": size, "frames_per_s": round(fps, 1),
                 "frames": done, "max_diff_vs_device_result": diff}
 
+    def if_time(key, fn, *args, needs=10):
+        if stage.seconds_left() < needs:
+            stage.record(skipped=stage.results["skipped"] + [f"{key} {' '.join(map(str, args))}: out of time"])
+            return None
+        return stage.attempt(key, fn, *args)
+
+    def best_precision(mode):
+        runs = [r for r in stage.results.get("device", [])
+                if r.get("mode") == mode and r.get("batch") == batch and "frames_per_s" in r]
+        return max(runs, key=lambda r: r["frames_per_s"])["precision"] if runs else "fp32"
+
     for precision in precisions:
         stage.attempt("checks", check, precision, "eager")
-    for mode in modes:
-        if mode.startswith("compiled") and stage.seconds_left() > 60:
-            stage.attempt("checks", check, "fp32", mode)
+    for mode in ("eager", "graph") if cuda else ("eager",):
         for precision in precisions:
             for size in (1, batch):
-                if stage.seconds_left() < 10:
-                    stage.record(skipped=stage.results["skipped"] + [f"{precision} {mode} batch {size}: out of time"])
-                    continue
-                stage.attempt("device", on_device, precision, mode, size)
-    if cuda:
-        for precision in precisions:  # host to host with the mode that did best on the device
-            runs = [r for r in stage.results.get("device", []) if r.get("precision") == precision and "frames_per_s" in r]
-            mode = max(runs, key=lambda r: r["frames_per_s"])["mode"] if runs else "graph"
+                if_time("device", on_device, precision, mode, size)
+    if not cuda:
+        stage.record(status="failed" if failures(stage.results) else "ok")
+        return
+    for precision in precisions:
+        if_time("host_to_host", host_to_host, precision, "graph", batch, needs=15)
+    if_time("host_to_host", host_to_host, best_precision("graph"), "graph", 1, needs=15)
+    # torch.compile last: compiling takes the longest, and the figures above do not depend on it
+    compiled = if_time("checks", check, "fp32", "compiled", needs=60)
+    if compiled and "error" not in compiled:
+        for precision in precisions:
             for size in (1, batch):
-                if stage.seconds_left() > 15:
-                    stage.attempt("host_to_host", host_to_host, precision, mode, size)
-    failed = any("error" in r or not r.get("ok", True) or r.get("max_diff_vs_device_result", 0) > 1
-                 for key in ("checks", "device", "host_to_host") for r in stage.results.get(key, []))
-    stage.record(status="failed" if failed else "ok")
+                if_time("device", on_device, precision, "compiled+graph", size)
+        for precision in precisions:
+            if_time("host_to_host", host_to_host, precision, "compiled+graph", batch, needs=15)
+        if_time("host_to_host", host_to_host, best_precision("compiled+graph"), "compiled+graph", 1, needs=15)
+    stage.record(status="failed" if failures(stage.results) else "ok")
+
+
+def failures(results):
+    """The inference runs that failed, or whose output was off by more than 1/255."""
+    return [r for key in ("checks", "device", "host_to_host") for r in results.get(key, [])
+            if "error" in r or not r.get("ok", True) or r.get("max_diff_vs_device_result", 0) > 1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,10 +432,6 @@ def real_photos(input_dir):
 def parallel_io_floor(files, out_dir):
     """Seconds to decode and re-encode every file with OpenCV, one file per thread, one thread per core
     (OpenCV's own threads off, as test.py runs it): what test.py would take if enhancing were free."""
-    import cv2
-
-    from enhance import available_cpus, thread_limits
-
     def copy(i):
         cv2.imwrite(str(out_dir / f"{i}{files[i].suffix}"), cv2.imread(str(files[i]), cv2.IMREAD_UNCHANGED))
     start = time.perf_counter()
@@ -442,8 +441,6 @@ def parallel_io_floor(files, out_dir):
 
 
 def stage_test_py(stage):
-    import image_io
-    from enhance import available_cpus
     folder = real_photos(stage.input_dir)
     if folder is None or not folder.is_dir():
         stage.record(status="skipped", reason="test photos not found: set SGZ_SHARED to the shared/ folder "
@@ -576,8 +573,7 @@ def bars_and_summary(results):
 
 
 def write_results(path, results):
-    from image_io import atomic_output
-    with atomic_output(path) as tmp:
+    with image_io.atomic_output(path) as tmp:
         Path(tmp).write_text(json.dumps(results, indent=1, default=str))
 
 
@@ -594,7 +590,6 @@ def main(args):
     unknown = set(names) - set(STAGES)
     if unknown:
         raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}")
-    import torch
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: PyTorch {torch.__version__} sees no CUDA device here "
                         "(use --device cpu for the smoke test)")
