@@ -64,7 +64,7 @@ SCALE_FACTOR = 12
 # (frame height, width, batch), (training size, batch, timed steps), photos for test.py (None: all)
 CUDA_SIZES = {"frames": (900, 1200, 32), "training": (512, 6, 20), "photos": None}  # 1200x900: Zero-DCE++'s figure
 CPU_SIZES = {"frames": (225, 300, 2), "training": (64, 2, 1), "photos": 4}  # the smoke test: small
-STAGE_BUDGETS = {"correctness": 150, "inference": 150, "training": 90, "test_py": 60}  # seconds, on a GPU
+STAGE_BUDGETS = {"correctness": 150, "inference": 180, "training": 90, "test_py": 60}  # seconds, at most
 MIN_STAGE_SECONDS = 20  # a stage with less time left than this is skipped
 BARS = {"device_fps": 10_000, "host_fps": 2_500, "train_fp32_ratio": 0.5, "train_amp_ratio": 0.25}
 QUICK_DEVICE_TESTS = "enhancer and real and fp32"  # --quick: the device tests' Enhancer cases only
@@ -263,12 +263,12 @@ def device_run(pipeline, frames, mode, min_seconds, sync):
 
 
 def host_to_host_run(pipeline, host_in, host_out, batch, min_seconds):
-    """Frames/s from pinned host frames to pinned host frames, batch by batch through two slots, each a CUDA
-    graph with its own device buffers: copy in (stream 1), compute (stream 2), copy out (stream 3), so the
-    copies of one batch overlap the computation of the other. Returns (frames/s, frames done)."""
-    streams = [torch.cuda.Stream() for _ in range(3)]
+    """Frames/s from pinned host frames to pinned host frames, `batch` at a time through three slots, each a
+    CUDA graph with its own device buffers: while one batch is copied in (stream 1), the one before is computed
+    (stream 2) and the one before that copied out (stream 3). Returns (frames/s, frames done)."""
+    copy_in, compute, copy_out = (torch.cuda.Stream() for _ in range(3))
     slots = []
-    for _ in range(2):
+    for _ in range(3):
         replay, dev_in, dev_out = in_cuda_graph(pipeline, host_in[:batch].to(pipeline.device))
         slots.append({"replay": replay, "in": dev_in, "out": dev_out,
                       **{e: torch.cuda.Event() for e in ("loaded", "computed", "drained")}})
@@ -276,24 +276,21 @@ def host_to_host_run(pipeline, host_in, host_out, batch, min_seconds):
     batches = len(host_in) // batch
     done, start = 0, time.perf_counter()
     while done < 2 * len(host_in) or time.perf_counter() - start < min_seconds:
-        for b in range(batches):
-            slot, rows = slots[b % 2], slice(b * batch, (b + 1) * batch)
-            copy_in, compute, copy_out = streams
-            copy_in.wait_event(slot["computed"])  # the slot's last input has been used
-            with torch.cuda.stream(copy_in):
-                slot["in"].copy_(host_in[rows], non_blocking=True)
-                slot["loaded"].record()
-            compute.wait_event(slot["loaded"])
-            compute.wait_event(slot["drained"])  # the slot's last output has been copied out
-            with torch.cuda.stream(compute):
-                slot["replay"]()
-                slot["computed"].record()
-            copy_out.wait_event(slot["computed"])
-            with torch.cuda.stream(copy_out):
-                host_out[rows].copy_(slot["out"], non_blocking=True)
-                slot["drained"].record()
-            done += batch
-        streams[2].synchronize()  # a pass at a time: the clock then counts frames delivered, not queued
+        b = done // batch % batches
+        slot, rows = slots[done // batch % 3], slice(b * batch, (b + 1) * batch)
+        slot["drained"].synchronize()  # the slot's last batch is out: its buffers are free
+        with torch.cuda.stream(copy_in):
+            slot["in"].copy_(host_in[rows], non_blocking=True)
+            slot["loaded"].record()
+        compute.wait_event(slot["loaded"])
+        with torch.cuda.stream(compute):
+            slot["replay"]()
+            slot["computed"].record()
+        copy_out.wait_event(slot["computed"])
+        with torch.cuda.stream(copy_out):
+            host_out[rows].copy_(slot["out"], non_blocking=True)
+            slot["drained"].record()
+        done += batch
     torch.cuda.synchronize()
     return done / (time.perf_counter() - start), done
 
