@@ -69,3 +69,20 @@ def test_the_deadline_leaves_out_what_would_not_fit(tmp_path):
     r, results = gpu_check(tmp_path, "--stages", "training", "--deadline", "5")
     assert r.returncode == 1
     assert results["stages"]["training"]["status"] == "not_run" and "deadline" in results["stages"]["training"]["reason"]
+
+
+def test_bars_are_judged_on_cuda_results():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+    run = {"precision": "fp16", "mode": "compiled+graph", "batch": 32}
+    stages = {
+        "inference": {"status": "ok", "device_name": "GPU", "frame": "1200x900 RGB uint8", "checks": [],
+                      "device": [{**run, "frames_per_s": 9000.0}, {**run, "batch": 1, "frames_per_s": 12000.0}],
+                      "host_to_host": [{**run, "frames_per_s": 2400.0}, {**run, "error": "Traceback\nRuntimeError: x"}]},
+        "training": {"status": "ok", "size": 512, "batch": 6, "semantic_loss": True, "runs": [
+            {"setting": "official-like", "s_per_image": 0.1, "vs_official_like": 1.0, "loss": 3.0, "peak_mb": 9},
+            {"setting": "ours fp32", "s_per_image": 0.04, "vs_official_like": 0.4, "loss": 3.0, "peak_mb": 9},
+            {"setting": "ours amp", "s_per_image": 0.03, "vs_official_like": 0.3, "loss": 3.0, "peak_mb": 9}]}}
+    bars, lines = gpu_check.bars_and_summary({"device": "cuda", "stages": stages})
+    assert [(bar["value"], bar["met"]) for bar in bars] == [(12000.0, True), (2400.0, False), (0.4, True), (0.3, False)]
+    assert "ERROR RuntimeError: x" in "\n".join(lines)
