@@ -19,11 +19,12 @@ and the next one runs; the global --deadline (7.5 minutes) skips the stages that
 3. training: s/image at 512x512, batch 6, with the semantic loss, ours in fp32 and with --amp against the
    official arrangement (benchmarks/bench_train.py's "official-like") on the same GPU in the same run; peak
    GPU memory. Bars: <= 0.5x official-like in fp32, <= 0.25x with --amp.
-4. test_py: `python test.py` over $SGZ_SHARED/data/test_data/real against this machine's parallel I/O
+4. test_py: `python test.py` (fp32, bf16, fp16) over $SGZ_SHARED/data/test_data/real against this machine's parallel I/O
    floor: OpenCV decoding and encoding the same files, one thread per core, in the same run.
 With --device cpu the same stages run small and in one thread, a smoke test of this script whose timings
 mean little (the device tests run as a dry run on the CPU); what needs CUDA (fp16, NCCL, pinned memory and
-streams, CUDA graphs, torch.compile) is recorded as skipped. --quick: fewer device tests, no semantic loss.
+streams, CUDA graphs, torch.compile) is recorded as skipped, and training leaves the semantic loss out.
+--quick: only the device tests of Enhancer in fp32.
 Exit status: 0 when every stage ran through (or was skipped for want of its test photos), 1 when one failed,
 ran out of its time or was not run for the deadline, 2 when the check cannot start (e.g. no CUDA device).
 
@@ -392,7 +393,7 @@ def failures(results):
 # ---------------------------------------------------------------------------------------------
 def stage_training(stage):
     size, batch, steps = stage.sizes["training"]
-    semantic = not stage.quick  # --quick leaves the segmentation net (ResNet-50) out: its start-up is most of the time
+    semantic = stage.cuda and not stage.quick  # the smoke test leaves the ResNet-50 out: its start-up is most of its time
     stage.record(size=size, batch=batch, timed_steps=steps, semantic_loss=semantic, runs=[])
 
     def measure(setting):
@@ -469,7 +470,7 @@ def stage_test_py(stage):
                     "enhancing_vs_floor": inside and round(float(inside) / floor, 2),
                     "outputs": written, "ok": written == len(files)}
 
-        for precision in ("fp32", "bf16"):
+        for precision in ("fp32", "bf16", "fp16") if stage.cuda else ("fp32",):
             stage.attempt("runs", run, precision)
     ok = all(r.get("ok") for r in stage.results["runs"])
     stage.record(status="ok" if ok else "failed")
