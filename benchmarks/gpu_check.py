@@ -303,8 +303,7 @@ def host_to_host_run(pipeline, host_in, host_out, batch, min_seconds):
 
 
 def stage_inference(stage):
-    device = torch.device(stage.device)
-    cuda = device.type == "cuda"
+    device, cuda = torch.device(stage.device), stage.cuda
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     height, width, batch = stage.sizes["frames"]
     precisions = ["fp32", "bf16", "fp16"] if cuda else ["fp32", "bf16"]
@@ -343,9 +342,8 @@ def stage_inference(stage):
     def host_to_host(precision, mode, size):
         pipeline = FramePipeline(net, precision, compiled=mode.startswith("compiled"))
         pool = 4 * batch  # frames cycled through: 4 batches of pinned memory each way
-        host_in = torch.empty((pool, height, width, 3), dtype=torch.uint8, pin_memory=True)
+        host_in, host_out = (torch.empty((pool, height, width, 3), dtype=torch.uint8, pin_memory=True) for _ in "io")
         host_in.copy_(torch.from_numpy(np.concatenate([host] * (pool // len(host)))))
-        host_out = torch.empty_like(host_in, pin_memory=True)
         fps, done = host_to_host_run(pipeline, host_in, host_out, size, min_seconds)
         # the overlapped copies delivered what the device computes, frame for frame
         expected = pipeline(host_in[:batch].to(device)).cpu()
@@ -536,8 +534,8 @@ def bars_and_summary(results):
                       if c["outcome"] in ("failed", "error", "not_collected")]
         elif name == "inference":
             d, h = best(s.get("device")), best(s.get("host_to_host"))
-            checks = [f"{c['precision']} {c['mode']} {c['max_diff_vs_enhancer']}/255" for c in s.get("checks", [])
-                      if "max_diff_vs_enhancer" in c]
+            checks = [f"{c['precision']} {c['mode']} {c['max_diff_vs_enhancer']}/255" if "error" not in c
+                      else f"{' '.join(c['args'])} ERROR {c['error'].splitlines()[-1]}" for c in s.get("checks", [])]
             lines.append(head + f"{s.get('device_name', '')}, {s.get('frame')}; vs Enhancer: " + ", ".join(checks))
             for label, key in (("device", "device"), ("host->host", "host_to_host")):
                 for r in s.get(key, []):
