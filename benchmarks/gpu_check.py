@@ -547,7 +547,7 @@ def bars_and_summary(results):
                          if d else "    no device figure")
             verdict = bar("host-to-host frames/s at 1200x900", h and h["frames_per_s"], BARS["host_fps"], True)
             lines.append(f"    best host to host: {h['frames_per_s']:,} frames/s (bar >= 2,500: {verdict})"
-                         if h else "    no host-to-host figure")
+                         if h else "    no host-to-host figure" + ("" if cuda else " (needs CUDA)"))
         elif name == "training":
             lines.append(head + f"{s.get('size')}x{s.get('size')}, batch {s.get('batch')}, "
                                 + ("with" if s.get("semantic_loss") else "without") + " the semantic loss")
