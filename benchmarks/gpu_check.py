@@ -592,6 +592,8 @@ def main(args):
     unknown = set(names) - set(STAGES)
     if unknown:
         raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}")
+    if args.input_dir and not Path(args.input_dir).is_dir():
+        raise UserError(f"--input_dir {args.input_dir}: no such folder (give a folder of test photos)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: PyTorch {torch.__version__} sees no CUDA device here "
                         "(use --device cpu for the smoke test)")
@@ -615,7 +617,7 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (a smoke test of this script)")
     p.add_argument("--out", default="gpu_check_results.json", help="the results file (JSON)")
-    p.add_argument("--quick", action="store_true", help="fewer device tests and smaller sizes (the CI smoke test)")
+    p.add_argument("--quick", action="store_true", help="only the Enhancer device tests in fp32, fewer photos (the CI smoke test)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {','.join(STAGES)}")
     p.add_argument("--deadline", type=float, default=450, help="seconds for the whole run; later stages are skipped")
     p.add_argument("--input_dir", help="stage test_py's photos (default: SGZ_SHARED/data/test_data/real)")
