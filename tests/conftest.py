@@ -51,3 +51,36 @@ def dark_image(shape, dtype=np.uint8, seed=0):
 
 def max_abs_diff(a, b):
     return np.abs(a.astype(np.int64) - b.astype(np.int64)).max()
+
+
+# ---------------------------------------------------------------------------------------------
+# Device tests: `python -m pytest tests -m cuda --device cuda` runs the tests marked `cuda` (each takes the
+# `device` fixture and compares that device with the CPU); without --device they are skipped, and
+# `--device cpu` runs them on the CPU, a dry run of the tests themselves (benchmarks/gpu_check.py --device cpu).
+# ---------------------------------------------------------------------------------------------
+def pytest_addoption(parser):
+    parser.addoption("--device", default=None,
+                     help="run the tests marked cuda on this device (cuda, cuda:1; cpu: a dry run on the CPU)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: checks a device path against the CPU; runs only with --device "
+                                       "(python -m pytest tests -m cuda --device cuda)")
+    name = config.getoption("--device")
+    if name and torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {name}: PyTorch sees no CUDA device on this machine")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--device"):
+        return
+    skip = pytest.mark.skip(reason="device test: run with --device cuda (python -m pytest tests -m cuda --device cuda)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """The device given with --device (the tests that take it are skipped without one)."""
+    return torch.device(request.config.getoption("--device"))
