@@ -2,6 +2,7 @@
 grey, palette, alpha, 16 bits, pixel limits from the header), encoding them, and writing any file
 atomically (a temporary file beside it, then a rename). Used by test.py, the video script, the web demo,
 evaluate.py, the training Dataset and train.py's checkpoints."""
+import collections
 import contextlib
 import io
 import os
@@ -79,6 +80,8 @@ ORIENTATION_TRANSFORMS = {
 }
 FORMATS_WITH_16_BITS = (".png", ".tif", ".tiff")
 FORMATS_WITHOUT_ALPHA = (".jpg", ".jpeg")
+TIFF_BITS_PER_SAMPLE = 258
+PNG_BIT_DEPTH_OFFSET = 24  # signature (8), IHDR length and type (8), width and height (8)
 
 
 def exif_orientation(im):
@@ -131,6 +134,25 @@ def read_image(path, max_pixels=DEFAULT_MAX_PIXELS):
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
     return decode_image(data, path, max_pixels)
+
+
+ImageHeader = collections.namedtuple("ImageHeader", "format width height bytes_per_pixel")
+
+
+def image_header(data):
+    """What the header of an image file in memory says, before anything is decoded: its format, size and
+    the most bytes a pixel can take once decode_image has decoded it (up to 4 samples of the header's bit
+    depth: the web demo budgets its memory with it). None where Pillow finds no image (decode_image says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            image_format, (width, height) = im.format, im.size
+            bits = getattr(im, "tag_v2", {}).get(TIFF_BITS_PER_SAMPLE, 8)
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+    if image_format == "PNG":
+        bits = data[PNG_BIT_DEPTH_OFFSET]  # Pillow opens 16-bit colour PNGs as 8-bit modes; OpenCV keeps 16 bits
+    bits = max(bits) if isinstance(bits, tuple) else bits
+    return ImageHeader(image_format, width, height, 4 * max(1, -(-bits // 8)))
 
 
 def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS):
