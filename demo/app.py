@@ -219,8 +219,8 @@ class Admission:
     def admit(self, cost):
         """A block of work that holds `cost` bytes of the budget."""
         if cost > self.budget_bytes:
-            raise BadRequest(f"This photo needs {cost / 1e6:.0f} MB once decoded; this demo works on at most "
-                             f"{self.budget_bytes / 1e6:.0f} MB at a time. Send a smaller photo.", 413)
+            raise BadRequest(f"This photo needs {cost / 1e6:.3g} MB once decoded; this demo works on at most "
+                             f"{self.budget_bytes / 1e6:.3g} MB at a time. Send a smaller photo.", 413)
         with self.condition:
             if len(self.queue) >= self.max_waiting:
                 raise self.busy(f"{self.max_waiting} photos are already waiting")
@@ -269,6 +269,7 @@ def create_app(args):
     app = Flask(__name__, template_folder=HERE / "templates", static_folder=HERE / "static")
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     app.config["SAMPLES"] = samples
+    app.config["ADMISSION"] = admission
 
     def sample_entry(sample_id):
         if sample_id not in samples:

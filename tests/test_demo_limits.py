@@ -1,0 +1,185 @@
+"""What the web demo refuses so that it survives the open internet: work past its budget of decoded bytes
+or its queue (503 + Retry-After), bytes it is not meant to decode (other formats, JPEG scan bombs), POSTs
+from other sites, and, on the real server (waitress), chunked bodies past the limit, a chunked upload
+that hangs up, and idle connections. The heavy versions are benchmarks/bench_demo_attacks.py."""
+import http.client
+import io
+import re
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+import demo.app
+from demo.app import darken
+from enhance import Enhancer
+from image_io import encode_image, image_header
+from test_demo import dark_photo, enhance, make_client, running_demo, weights  # noqa: F401  (weights: a fixture)
+
+
+@pytest.fixture
+def client(weights, tmp_path):  # noqa: F811
+    return make_client(weights, tmp_path)
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Makes any decoding fail the test: a refusal must come from the header, before any pixel is decoded."""
+    def decode_image(*args, **kwargs):
+        raise AssertionError("decoded an upload that should have been refused from its header")
+    monkeypatch.setattr(demo.app, "decode_image", decode_image)
+
+
+class HeldEnhancer:
+    """Enhancer.enhance_array held until release(): work that stays admitted while a test looks on."""
+
+    def __init__(self, monkeypatch):
+        self.entered, self.released = threading.Semaphore(0), threading.Event()
+        original = Enhancer.enhance_array
+
+        def held(enhancer, *args, **kwargs):
+            self.entered.release()
+            self.released.wait(60)
+            return original(enhancer, *args, **kwargs)
+        monkeypatch.setattr(Enhancer, "enhance_array", held)
+
+
+def wait_until(condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_uploads_past_the_running_and_waiting_bounds_get_503_with_retry_after(weights, tmp_path, monkeypatch):  # noqa: F811
+    client = make_client(weights, tmp_path, "--max_running", "1", "--max_waiting", "1")
+    admission = client.application.config["ADMISSION"]
+    held = HeldEnhancer(monkeypatch)
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(enhance, client, dark_photo())
+        assert held.entered.acquire(timeout=30)
+        waiting = pool.submit(enhance, client, dark_photo())
+        wait_until(lambda: len(admission.queue) == 1)
+        refused = enhance(client, dark_photo())
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "10"
+        assert "1 photos are already waiting" in refused.get_json()["error"]
+        held.released.set()
+        assert running.result().status_code == 200 and waiting.result().status_code == 200
+    assert (admission.running, admission.used_bytes, len(admission.queue)) == (0, 0, 0)  # all given back
+
+
+def test_an_upload_that_waits_too_long_gets_503(weights, tmp_path, monkeypatch):  # noqa: F811
+    client = make_client(weights, tmp_path, "--max_running", "1")
+    client.application.config["ADMISSION"].timeout_s = 0.2
+    held = HeldEnhancer(monkeypatch)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(enhance, client, dark_photo())
+        assert held.entered.acquire(timeout=30)
+        refused = enhance(client, dark_photo())
+        held.released.set()
+        assert running.result().status_code == 200
+    assert refused.status_code == 503 and "no turn within 0.2 s" in refused.get_json()["error"]
+    assert refused.headers["Retry-After"] == "10"
+
+
+def test_decoded_bytes_are_budgeted_from_the_header_16_bits_at_8_bytes_a_pixel(weights, tmp_path, monkeypatch):  # noqa: F811
+    """160 x 120 RGBA: 77 KB decoded at 8 bits, 154 KB at 16; a budget of 0.1 MB admits only the first."""
+    eight, sixteen = (encode_image(np.zeros((120, 160, 4), dtype), ".png").tobytes() for dtype in (np.uint8, np.uint16))
+    assert image_header(sixteen).bytes_per_pixel == 8 and image_header(eight).bytes_per_pixel == 4
+    client = make_client(weights, tmp_path, "--max_busy_mb", "0.1")
+    assert enhance(client, eight).status_code == 200
+    monkeypatch.setattr(demo.app, "decode_image", lambda *a, **k: pytest.fail("decoded before refusing"))
+    refused = enhance(client, sixteen)
+    assert refused.status_code == 413
+    assert "needs 0.154 MB once decoded; this demo works on at most 0.1 MB" in refused.get_json()["error"]
+
+
+def progressive_jpeg(extra_scans=0):
+    """The cat as a progressive JPEG (Pillow writes libjpeg's 10 scans for colour), its last scan repeated."""
+    out = io.BytesIO()
+    Image.fromarray(darken(skimage.data.chelsea())).save(out, "JPEG", progressive=True, quality=90)
+    data = out.getvalue()
+    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * extra_scans + data[end:]
+
+
+def test_a_progressive_jpeg_is_enhanced(client):
+    assert progressive_jpeg().count(b"\xff\xda") == 10
+    assert enhance(client, progressive_jpeg()).status_code == 200
+
+
+def test_a_jpeg_with_more_scans_than_cameras_write_is_refused_before_decoding(client, no_decoding):
+    response = enhance(client, progressive_jpeg(extra_scans=91), name="scans.jpg")
+    assert response.status_code == 413
+    assert "scans.jpg: a JPEG of 101 scans" in response.get_json()["error"]
+
+
+def test_formats_the_page_does_not_offer_are_refused_before_decoding(client, no_decoding):
+    gif = io.BytesIO()
+    Image.new("P", (64, 48)).save(gif, "GIF")
+    response = enhance(client, gif.getvalue(), name="anim.gif")
+    assert response.status_code == 415 and "anim.gif: this demo does not read GIF files" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({}, 200),  # curl, scripts
+    ({"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}, 200),  # the demo's own page
+    ({"Origin": "http://localhost"}, 200),  # a browser without Fetch Metadata, on the demo's page
+    ({"Sec-Fetch-Site": "cross-site", "Origin": "https://elsewhere.example"}, 403),
+    ({"Sec-Fetch-Site": "same-site", "Origin": "http://other.localhost"}, 403),
+    ({"Origin": "https://elsewhere.example"}, 403),
+])
+def test_posts_from_other_sites_pages_are_refused(client, headers, status):
+    response = client.post("/api/enhance", data=dark_photo(), headers=headers)
+    assert response.status_code == status
+    assert "Access-Control-Allow-Origin" not in response.headers  # and no site is allowed to read an answer
+    if status == 403:
+        assert "other sites" in response.get_json()["error"]
+
+
+def server_threads(pid):
+    return int(re.search(r"^Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1))
+
+
+def get_page(port):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/")
+    return connection.getresponse().status
+
+
+def test_the_real_server_survives_hang_ups_bounds_chunked_bodies_and_idle_connections(weights, tmp_path):  # noqa: F811
+    with running_demo(weights, tmp_path, "--max_upload_mb", "0.1") as (url, _, _, process):
+        port = urlsplit(url).port
+        # A chunk of 48 MB announced, 3 bytes sent, and the connection closed (this killed the old server).
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /api/enhance HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3000000\r\nabc")
+            time.sleep(0.5)
+        time.sleep(0.5)
+        assert process.poll() is None and get_page(port) == 200
+
+        # A chunked body has no Content-Length to check: it is cut off at the limit as it arrives.
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("POST", "/api/enhance", body=iter([bytes(20_000)] * 6), encode_chunked=True)
+        assert connection.getresponse().status == 413
+
+        # Idle connections, silent or stalled inside their headers, hold no thread and starve no one.
+        linux = Path(f"/proc/{process.pid}/status").exists()
+        before = server_threads(process.pid) if linux else None
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        for s in idle[::2]:
+            s.sendall(b"POST /api/enhance HTTP/1.1\r\nHost: x\r\nContent-Le")
+        assert get_page(port) == 200
+        if linux:
+            assert server_threads(process.pid) == before
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/api/enhance", body=dark_photo((200, 150)))
+        assert connection.getresponse().status == 200
+        for s in idle:
+            s.close()
