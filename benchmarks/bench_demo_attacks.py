@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from demo.app import darken  # noqa: E402
 
-REQUEST_TIMEOUT_S = 120
+REQUEST_TIMEOUT_S = 300  # a 40 MP photo takes 1-2 minutes on a busy 2-core machine
 
 
 # ---------------------------------------------------------------------------------------------

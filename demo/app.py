@@ -48,7 +48,7 @@ UPLOAD_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP")
 # thousands makes libjpeg grind for minutes on one request. 100 leaves room for any real file.
 MAX_JPEG_SCANS = 100
 QUEUE_TIMEOUT_S = 30    # an upload waiting this long for its turn is answered 503
-RETRY_AFTER_S = 10      # what a 503 tells the client to wait: about one large photo's work
+RETRY_AFTER_S = 10      # what a 503 tells the client to wait: a few photos' work on a typical CPU
 LIGHT_THREADS = 4       # waitress threads beyond the uploads' (page, scripts, samples: never queued behind work)
 CONNECTION_LIMIT = 1000  # open connections; idle ones cost a socket, not a thread (waitress multiplexes them)
 CHANNEL_TIMEOUT_S = 30   # a connection silent this long (idle, or a stalled upload) is closed
@@ -222,17 +222,8 @@ class Admission:
             raise BadRequest(f"This photo needs {cost / 1e6:.3g} MB once decoded; this demo works on at most "
                              f"{self.budget_bytes / 1e6:.3g} MB at a time. Send a smaller photo.", 413)
         with self.condition:
-            if len(self.queue) >= self.max_waiting:
-                raise self.busy(f"{self.max_waiting} photos are already waiting")
-            ticket = object()
-            self.queue.append(ticket)
-            try:
-                admitted = self.condition.wait_for(lambda: self.queue[0] is ticket and self.fits(cost), self.timeout_s)
-            finally:
-                self.queue.remove(ticket)
-                self.condition.notify_all()  # the next in line may fit now
-            if not admitted:
-                raise self.busy(f"no turn within {self.timeout_s} s")
+            if self.queue or not self.fits(cost):
+                self.wait_turn(cost)
             self.running += 1
             self.used_bytes += cost
         try:
@@ -242,6 +233,20 @@ class Admission:
                 self.running -= 1
                 self.used_bytes -= cost
                 self.condition.notify_all()
+
+    def wait_turn(self, cost):
+        """Wait in the queue (the condition held) until `cost` fits and no one is ahead."""
+        if len(self.queue) >= self.max_waiting:
+            raise self.busy(f"{self.max_waiting} photos are already waiting")
+        ticket = object()
+        self.queue.append(ticket)
+        try:
+            admitted = self.condition.wait_for(lambda: self.queue[0] is ticket and self.fits(cost), self.timeout_s)
+        finally:
+            self.queue.remove(ticket)
+            self.condition.notify_all()  # the next in line may fit now
+        if not admitted:
+            raise self.busy(f"no turn within {self.timeout_s:g} s")
 
 
 class SerialEnhancer:

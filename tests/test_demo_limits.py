@@ -183,3 +183,7 @@ def test_the_real_server_survives_hang_ups_bounds_chunked_bodies_and_idle_connec
         assert connection.getresponse().status == 200
         for s in idle:
             s.close()
+
+
+def test_with_no_queue_an_idle_server_still_admits(weights, tmp_path):  # noqa: F811
+    assert enhance(make_client(weights, tmp_path, "--max_waiting", "0"), dark_photo()).status_code == 200
