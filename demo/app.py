@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's mo
 
 import numpy as np
 import skimage.data
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, jsonify, render_template, request, send_file
 from waitress import create_server
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -43,9 +43,10 @@ MAX_FOLDER_SAMPLES = 6
 THUMBNAIL_SIZE = (160, 120)
 # What the page offers to decode (image_io reads more: every format is another decoder facing the internet).
 UPLOAD_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP")
-# A progressive JPEG's decoder redoes work over the whole image for every scan. Cameras and encoders write
-# 1 (baseline) to about 10 scans (libjpeg's progressive script has 10, mozjpeg's up to ~20); a file with
-# thousands makes libjpeg grind for minutes on one request. 100 leaves room for any real file.
+# A progressive JPEG's decoder goes over the whole image once per scan, and libjpeg reads every scan a file
+# holds: 20,000 scans in 1.5 MB cost minutes of CPU. Cameras and encoders write 1 (baseline) to about 10
+# (libjpeg's progressive script: 10 for colour); 100 is also libtiff's default limit for a JPEG inside a TIFF
+# (LIBTIFF_JPEG_MAX_ALLOWED_SCAN_NUMBER), which covers the TIFFs this demo reads.
 MAX_JPEG_SCANS = 100
 QUEUE_TIMEOUT_S = 30    # an upload waiting this long for its turn is answered 503
 RETRY_AFTER_S = 10      # what a 503 tells the client to wait: a few photos' work on a typical CPU
@@ -281,13 +282,6 @@ def create_app(args):
             raise BadRequest(f"There is no sample {sample_id!r}.", 404)
         return samples[sample_id]
 
-    def sample_file(sample_id):
-        """(bytes, MIME type) of a sample."""
-        source = sample_entry(sample_id)[1]
-        if isinstance(source, Path):
-            return source.read_bytes(), mimetypes.guess_type(source.name)[0] or "application/octet-stream"
-        return source, "image/png"
-
     @app.get("/")
     def index():
         return render_template("index.html", samples=[(i, label) for i, (label, *_) in samples.items()],
@@ -296,8 +290,10 @@ def create_app(args):
 
     @app.get("/api/samples/<sample_id>")
     def sample(sample_id):
-        data, mimetype = sample_file(sample_id)
-        return Response(data, mimetype=mimetype)
+        source = sample_entry(sample_id)[1]
+        if isinstance(source, Path):  # streamed from its file: a large sample costs no memory per request
+            return send_file(source, mimetype=mimetypes.guess_type(source.name)[0] or "application/octet-stream")
+        return Response(source, mimetype="image/png")
 
     @app.get("/api/samples/<sample_id>/thumbnail")
     def sample_thumbnail(sample_id):
