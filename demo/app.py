@@ -77,8 +77,8 @@ class BadRequest(Exception):
 # Images in and out
 # ---------------------------------------------------------------------------------------------
 def read_body(stream, max_bytes):
-    """The request body, in memory; 413 past max_bytes. Werkzeug refuses a long Content-Length by
-    itself, but not a chunked body, which has none."""
+    """The request body, in memory; 413 past max_bytes. Flask refuses a long Content-Length by itself,
+    but not a chunked body, which has none (waitress cuts off both; a server of the user's may not)."""
     body = bytearray()
     while chunk := stream.read(1 << 20):
         body += chunk

@@ -187,3 +187,12 @@ def test_the_real_server_survives_hang_ups_bounds_chunked_bodies_and_idle_connec
 
 def test_with_no_queue_an_idle_server_still_admits(weights, tmp_path):  # noqa: F811
     assert enhance(make_client(weights, tmp_path, "--max_waiting", "0"), dark_photo()).status_code == 200
+
+
+def test_wsgi_app_takes_the_command_line_options(weights, tmp_path):  # noqa: F811
+    """The app a WSGI server of the user's own runs (waitress-serve --call demo.app:wsgi_app), limits included."""
+    app = demo.app.wsgi_app("--weight_dir", str(weights), "--device", "cpu", "--samples_dir", str(tmp_path),
+                            "--max_busy_mb", "0.1")
+    assert app.config["ADMISSION"].budget_bytes == 100_000
+    assert enhance(app.test_client(), dark_photo((160, 120))).status_code == 200
+    assert enhance(app.test_client(), dark_photo()).status_code == 413  # 451 x 300 x 4 bytes: over 0.1 MB
