@@ -8,7 +8,8 @@ free port, and stopped at the end. Every attack is bounded in requests and time;
    320 MB decoded), while GET / is timed every 0.25 s;
 3. CPU: a 6296 x 6296 progressive JPEG of 20,000 scans (each scan makes libjpeg visit all 620,000 blocks);
 4. 400 idle connections (200 silent, 200 stalled inside their headers) held open while a visitor loads
-   the page and enhances a photo;
+   the page and enhances a photo, then left until the server closes them;
+5. a 0.4 MB PNG of 20,000,000 x 2 pixels (40 MP, but the enhancement's row buffers grow with the width);
 then a normal photo is enhanced. Prints the server's peak RSS (VmHWM), status counts and latencies, and
 whether each of the issue's bars is met.
 """
@@ -148,12 +149,13 @@ def png_chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def zero_png(width=6300, height=6300):
-    """An all-zero 16-bit RGBA PNG (colour type 6, depth 16), compressed a row at a time: 0.3 MB on disk,
-    width * height * 8 bytes once decoded."""
-    compressor, row = zlib.compressobj(9), bytes(1 + width * 8)  # filter byte 0, then the samples
+def zero_png(width=6300, height=6300, rgba16=True):
+    """An all-zero PNG, 16-bit RGBA (colour type 6, 8 bytes a pixel) or 8-bit RGB (type 2, 3 bytes),
+    compressed a row at a time: 0.3 MB on disk for 6300 x 6300 16-bit RGBA, 320 MB once decoded."""
+    depth, colour_type, pixel_bytes = (16, 6, 8) if rgba16 else (8, 2, 3)
+    compressor, row = zlib.compressobj(9), bytes(1 + width * pixel_bytes)  # filter byte 0, then the samples
     idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0))
             + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
 
 
@@ -271,6 +273,7 @@ def main():
 
     print("building the files ...", flush=True)
     zero, bomb, photo = zero_png(), scan_bomb_jpeg(scans=args.scans), photo_jpeg()
+    wide = zero_png(20_000_000, 2, rgba16=False)
     sample_bomb = scan_bomb_jpeg(scans=200)  # libjpeg's cost per scan, measured here on the same image
     started = time.monotonic()
     cv2.imdecode(np.frombuffer(sample_bomb, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -335,6 +338,11 @@ def main():
               f"{max(closed_after, default=0):.0f} s after they opened")
         for s in sockets:
             s.close()
+
+        print("\n5. a 20,000,000 x 2 PNG: 40 MP, 120 MB decoded, 2.2 GB of row buffers to enhance")
+        status, seconds, reason = request(port, "POST", "/api/enhance?name=wide.png", wide)
+        print(f"  {status} in {seconds:.2f} s: {reason}")
+        bars["5. a 20,000,000-pixel-wide image is refused"] = status == 413
 
         print("\nafterwards: a normal photo")
         status, seconds, size = request(port, "POST", "/api/enhance?name=cat.jpg", photo)

@@ -48,6 +48,10 @@ UPLOAD_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP")
 # (libjpeg's progressive script: 10 for colour); 100 is also libtiff's default limit for a JPEG inside a TIFF
 # (LIBTIFF_JPEG_MAX_ALLOWED_SCAN_NUMBER), which covers the TIFFs this demo reads.
 MAX_JPEG_SCANS = 100
+# The enhancement works a band of whole rows at a time, at least one row: 48 bytes a column. A 20,000,000 x 2
+# PNG (0.4 MB, 40 MP) would need 2.2 GB where its decoded size says 0.1 GB. No photo is wider or taller than
+# 65,535 pixels, the most a JPEG can hold.
+MAX_SIDE = 65_535
 QUEUE_TIMEOUT_S = 30    # an upload waiting this long for its turn is answered 503
 RETRY_AFTER_S = 10      # what a 503 tells the client to wait: a few photos' work on a typical CPU
 LIGHT_THREADS = 4       # waitress threads beyond the uploads' (page, scripts, samples: never queued behind work)
@@ -89,7 +93,8 @@ def read_body(stream, max_bytes):
 
 def check_upload_header(data, name, max_pixels):
     """Refuse, from the header alone, what the page does not offer or would be turned against the server:
-    another format, too many pixels, a progressive JPEG with more scans than any camera writes. Returns
+    another format, too many pixels, a side longer than any photo's, a progressive JPEG with more scans
+    than any camera writes. Returns
     the header (None when there is none: decode_upload then says what is wrong)."""
     header = image_header(data)
     if header is None:
@@ -99,6 +104,9 @@ def check_upload_header(data, name, max_pixels):
                          "Upload a JPEG, PNG, BMP, TIFF or WebP photo.", 415)
     if header.width * header.height > max_pixels:
         decode_upload(data, name, max_pixels)  # decode_image refuses it from the header, with the usual message
+    if max(header.width, header.height) > MAX_SIDE:
+        raise BadRequest(f"{name}: {header.width}x{header.height} has a side over {MAX_SIDE} pixels, "
+                         "more than any photo.", 413)
     # Every scan starts with an SOS marker, FF DA, and the coded data between markers never holds FF
     # unstuffed, so counting FF DA bounds the scans from above (an EXIF thumbnail's scan counts too).
     scans = data.count(b"\xff\xda") if header.format in ("JPEG", "MPO") else 0

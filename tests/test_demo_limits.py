@@ -121,6 +121,13 @@ def test_a_jpeg_with_more_scans_than_cameras_write_is_refused_before_decoding(cl
     assert "scans.jpg: a JPEG of 101 scans" in response.get_json()["error"]
 
 
+def test_a_side_longer_than_any_photo_is_refused_before_decoding(client, no_decoding):
+    """70,000 x 1: few pixels, but the enhancement's row buffers grow with the width."""
+    wide = encode_image(np.zeros((1, 70_000), np.uint8), ".png").tobytes()
+    response = enhance(client, wide, name="wide.png")
+    assert response.status_code == 413 and "70000x1 has a side over 65535 pixels" in response.get_json()["error"]
+
+
 def test_formats_the_page_does_not_offer_are_refused_before_decoding(client, no_decoding):
     gif = io.BytesIO()
     Image.new("P", (64, 48)).save(gif, "GIF")
