@@ -80,7 +80,7 @@ ORIENTATION_TRANSFORMS = {
 }
 FORMATS_WITH_16_BITS = (".png", ".tif", ".tiff")
 FORMATS_WITHOUT_ALPHA = (".jpg", ".jpeg")
-TIFF_BITS_PER_SAMPLE = 258
+TIFF_BITS_PER_SAMPLE, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 258, 322, 323
 PNG_BIT_DEPTH_OFFSET = 24  # signature (8), IHDR length and type (8), width and height (8)
 
 
@@ -136,23 +136,26 @@ def read_image(path, max_pixels=DEFAULT_MAX_PIXELS):
     return decode_image(data, path, max_pixels)
 
 
-ImageHeader = collections.namedtuple("ImageHeader", "format width height bytes_per_pixel")
+ImageHeader = collections.namedtuple("ImageHeader", "format width height decoded_bytes")
 
 
 def image_header(data):
     """What the header of an image file in memory says, before anything is decoded: its format, size and
-    the most bytes a pixel can take once decode_image has decoded it (up to 4 samples of the header's bit
-    depth: the web demo budgets its memory with it). None where Pillow finds no image (decode_image says why)."""
+    the most bytes that decoding it can take: the image at up to 4 samples of the header's bit depth, plus
+    a tiled TIFF's tile buffer (a tile may be declared far larger than the image). The web demo budgets its
+    memory with it. None where Pillow finds no image (decode_image says why)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             image_format, (width, height) = im.format, im.size
-            bits = getattr(im, "tag_v2", {}).get(TIFF_BITS_PER_SAMPLE, 8)
+            tags = getattr(im, "tag_v2", {})
+            bits = tags.get(TIFF_BITS_PER_SAMPLE, 8)
+            tile_pixels = tags.get(TIFF_TILE_WIDTH, 0) * tags.get(TIFF_TILE_LENGTH, 0)
     except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
     if image_format == "PNG":
         bits = data[PNG_BIT_DEPTH_OFFSET]  # Pillow opens 16-bit colour PNGs as 8-bit modes; OpenCV keeps 16 bits
     bits = max(bits) if isinstance(bits, tuple) else bits
-    return ImageHeader(image_format, width, height, 4 * max(1, -(-bits // 8)))
+    return ImageHeader(image_format, width, height, (width * height + tile_pixels) * 4 * max(1, -(-bits // 8)))
 
 
 def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS):

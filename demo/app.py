@@ -319,7 +319,7 @@ def create_app(args):
         header = check_upload_header(data, name, max_pixels)
         if header:
             check_network_size((header.height, header.width), scale, scales, args.max_network_megapixels * 1e6)
-        with admission.admit(header.width * header.height * header.bytes_per_pixel if header else 0):
+        with admission.admit(header.decoded_bytes if header else 0):
             # The decoded photo is only the call's argument, so it is freed before the result is encoded.
             png = encode_png(enhancer(decode_upload(data, name, max_pixels), scale, strength))
         return Response(png, mimetype="image/png")

@@ -6,8 +6,10 @@ import http.client
 import io
 import re
 import socket
+import struct
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -92,7 +94,7 @@ def test_an_upload_that_waits_too_long_gets_503(weights, tmp_path, monkeypatch):
 def test_decoded_bytes_are_budgeted_from_the_header_16_bits_at_8_bytes_a_pixel(weights, tmp_path, monkeypatch):  # noqa: F811
     """160 x 120 RGBA: 77 KB decoded at 8 bits, 154 KB at 16; a budget of 0.1 MB admits only the first."""
     eight, sixteen = (encode_image(np.zeros((120, 160, 4), dtype), ".png").tobytes() for dtype in (np.uint8, np.uint16))
-    assert image_header(sixteen).bytes_per_pixel == 8 and image_header(eight).bytes_per_pixel == 4
+    assert image_header(sixteen).decoded_bytes == 160 * 120 * 8 and image_header(eight).decoded_bytes == 160 * 120 * 4
     client = make_client(weights, tmp_path, "--max_busy_mb", "0.1")
     assert enhance(client, eight).status_code == 200
     monkeypatch.setattr(demo.app, "decode_image", lambda *a, **k: pytest.fail("decoded before refusing"))
@@ -126,6 +128,27 @@ def test_a_side_longer_than_any_photo_is_refused_before_decoding(client, no_deco
     wide = encode_image(np.zeros((1, 70_000), np.uint8), ".png").tobytes()
     response = enhance(client, wide, name="wide.png")
     assert response.status_code == 413 and "70000x1 has a side over 65535 pixels" in response.get_json()["error"]
+
+
+def tiled_tiff(size, tile):
+    """A black size x size RGB TIFF stored as one deflated tile of tile x tile pixels (a tile may be larger
+    than the image; the decoder allocates the whole tile)."""
+    pixels = zlib.compress(bytes(tile * tile * 3), 9)
+    tags = [(256, 4, size), (257, 4, size), (258, 3, 8), (259, 3, 8), (262, 3, 2), (277, 3, 3), (284, 3, 1),
+            (322, 4, tile), (323, 4, tile), (324, 4, 8 + 2 + 12 * 11 + 4), (325, 4, len(pixels))]
+    ifd = b"".join(struct.pack("<HHII", tag, kind, 1, value) if kind == 4 else struct.pack("<HHIHH", tag, kind, 1, value, 0)
+                   for tag, kind, value in tags)
+    return struct.pack("<2sHIH", b"II", 42, 8, len(tags)) + ifd + struct.pack("<I", 0) + pixels
+
+
+def test_a_tiff_tile_larger_than_its_image_counts_against_the_budget(weights, tmp_path, monkeypatch):  # noqa: F811
+    """64 x 64 pixels (16 KB decoded) in one 2048 x 2048 tile (16.8 MB to decode)."""
+    tiff = tiled_tiff(64, 2048)
+    assert image_header(tiff).decoded_bytes == (64 * 64 + 2048 * 2048) * 4
+    assert enhance(make_client(weights, tmp_path, "--max_busy_mb", "20"), tiff).status_code == 200
+    monkeypatch.setattr(demo.app, "decode_image", lambda *a, **k: pytest.fail("decoded before refusing"))
+    refused = enhance(make_client(weights, tmp_path, "--max_busy_mb", "10"), tiff)
+    assert refused.status_code == 413 and "needs 16.8 MB once decoded" in refused.get_json()["error"]
 
 
 def test_formats_the_page_does_not_offer_are_refused_before_decoding(client, no_decoding):
