@@ -57,6 +57,10 @@ RETRY_AFTER_S = 10      # what a 503 tells the client to wait: a few photos' wor
 LIGHT_THREADS = 4       # waitress threads beyond the uploads' (page, scripts, samples: never queued behind work)
 CONNECTION_LIMIT = 1000  # open connections; idle ones cost a socket, not a thread (waitress multiplexes them)
 CHANNEL_TIMEOUT_S = 30   # a connection silent this long (idle, or a stalled upload) is closed
+# Bytes of a connection's request, and of its answer, that waitress keeps in memory; past it they wait in a
+# temporary file, so 1000 connections hold at most 64 MB each way (waitress's defaults: 0.5 and 1 MB).
+BUFFER_IN_MEMORY = 65_536
+MAX_HEADER_BYTES = 65_536  # a browser's request headers take a few KB
 # The page may load its own scripts, styles and images and the blob: URLs it makes, nothing else.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -400,7 +404,8 @@ def serve(app, sock, args):
         threads=args.max_running + args.max_waiting + LIGHT_THREADS,
         max_request_body_size=int(args.max_upload_mb * 1e6),
         connection_limit=connection_limit(), asyncore_use_poll=True,  # select() stops at 1024 descriptors
-        channel_timeout=CHANNEL_TIMEOUT_S, cleanup_interval=CHANNEL_TIMEOUT_S / 3)
+        channel_timeout=CHANNEL_TIMEOUT_S, cleanup_interval=CHANNEL_TIMEOUT_S / 3,
+        inbuf_overflow=BUFFER_IN_MEMORY, outbuf_overflow=BUFFER_IN_MEMORY, max_request_header_size=MAX_HEADER_BYTES)
 
 
 def main(args):
