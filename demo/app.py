@@ -49,7 +49,7 @@ UPLOAD_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP")
 # (LIBTIFF_JPEG_MAX_ALLOWED_SCAN_NUMBER), which covers the TIFFs this demo reads.
 MAX_JPEG_SCANS = 100
 # The enhancement works a band of whole rows at a time, at least one row: 48 bytes a column. A 20,000,000 x 2
-# PNG (0.4 MB, 40 MP) would need 2.2 GB where its decoded size says 0.1 GB. No photo is wider or taller than
+# PNG (0.1 MB, 40 MP) would need 2.2 GB where its decoded size says 0.1 GB. No photo is wider or taller than
 # 65,535 pixels, the most a JPEG can hold.
 MAX_SIDE = 65_535
 QUEUE_TIMEOUT_S = 30    # an upload waiting this long for its turn is answered 503
@@ -210,6 +210,11 @@ def check_same_origin(headers, host):
 # ---------------------------------------------------------------------------------------------
 # The app
 # ---------------------------------------------------------------------------------------------
+def megabytes(n):
+    """n bytes in MB to 3 significant digits, without an exponent: 0.154, 16.8, 1020."""
+    return f"{float(f'{n / 1e6:.3g}'):g}"
+
+
 class Admission:
     """Work on uploads (decode, enhance, encode) runs only within two bounds shared by every request in
     flight: bytes of decoded images (known from the header, before decoding) and requests working at once.
@@ -232,8 +237,8 @@ class Admission:
     def admit(self, cost):
         """A block of work that holds `cost` bytes of the budget."""
         if cost > self.budget_bytes:
-            raise BadRequest(f"This photo needs {cost / 1e6:.3g} MB once decoded; this demo works on at most "
-                             f"{self.budget_bytes / 1e6:.3g} MB at a time. Send a smaller photo.", 413)
+            raise BadRequest(f"This photo needs {megabytes(cost)} MB once decoded; this demo works on at most "
+                             f"{megabytes(self.budget_bytes)} MB at a time. Send a smaller photo.", 413)
         with self.condition:
             if self.queue or not self.fits(cost):
                 self.wait_turn(cost)
