@@ -194,10 +194,15 @@ def test_the_real_server_survives_hang_ups_bounds_chunked_bodies_and_idle_connec
         time.sleep(0.5)
         assert process.poll() is None and get_page(port) == 200
 
-        # A chunked body has no Content-Length to check: it is cut off at the limit as it arrives.
+        # A chunked body has no Content-Length to check: it is cut off at the limit as it arrives, with a 413
+        # or, when the server closes while the client is still sending, a broken connection.
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        connection.request("POST", "/api/enhance", body=iter([bytes(20_000)] * 6), encode_chunked=True)
-        assert connection.getresponse().status == 413
+        try:
+            connection.request("POST", "/api/enhance", body=iter([bytes(20_000)] * 100), encode_chunked=True)
+            status = connection.getresponse().status
+        except (BrokenPipeError, ConnectionResetError):
+            status = "cut off"
+        assert status in (413, "cut off")
 
         # Idle connections, silent or stalled inside their headers, hold no thread and starve no one.
         linux = Path(f"/proc/{process.pid}/status").exists()
