@@ -8,6 +8,7 @@ Libraries: OpenCV encodes and decodes the classic formats (the fast path), simpl
 (libjpeg-turbo, as fast as OpenCV, but it raises on libjpeg's "Corrupt JPEG data" warnings where OpenCV
 only prints them), Pillow reads the headers and metadata, decodes what OpenCV declines and writes
 WebP/TIFF/AVIF with metadata, and pillow-heif adds HEIC/HEIF to Pillow."""
+import collections
 import contextlib
 import io
 import os
@@ -192,6 +193,8 @@ def output_extension(src, output_format="same"):
     if not can_write(ext.lower()):
         raise UserError(f"this installation cannot write {ext} files; choose another --output_format")
     return ext
+TIFF_BITS_PER_SAMPLE, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 258, 322, 323
+PNG_BIT_DEPTH_OFFSET = 24  # signature (8), IHDR length and type (8), width and height (8)
 
 
 def exif_orientation(im):
@@ -308,6 +311,28 @@ def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
     return decode_image(data, path, max_pixels, strict)
+
+
+ImageHeader = collections.namedtuple("ImageHeader", "format width height decoded_bytes")
+
+
+def image_header(data):
+    """What the header of an image file in memory says, before anything is decoded: its format, size and
+    the most bytes that decoding it can take: the image at up to 4 samples of the header's bit depth, plus
+    a tiled TIFF's tile buffer (a tile may be declared far larger than the image). The web demo budgets its
+    memory with it. None where Pillow finds no image (decode_image says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            image_format, (width, height) = im.format, im.size
+            tags = getattr(im, "tag_v2", {})
+            bits = tags.get(TIFF_BITS_PER_SAMPLE, 8)
+            tile_pixels = tags.get(TIFF_TILE_WIDTH, 0) * tags.get(TIFF_TILE_LENGTH, 0)
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+    if image_format == "PNG":
+        bits = data[PNG_BIT_DEPTH_OFFSET]  # Pillow opens 16-bit colour PNGs as 8-bit modes; OpenCV keeps 16 bits
+    bits = max(bits) if isinstance(bits, tuple) else bits
+    return ImageHeader(image_format, width, height, (width * height + tile_pixels) * 4 * max(1, -(-bits // 8)))
 
 
 def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True):

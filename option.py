@@ -64,6 +64,13 @@ def positive_int(value):
     return n
 
 
+def non_negative_int(value):
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {value!r}")
+    return n
+
+
 def add_bool(parser, name, default, help):
     """`--flag`, `--flag true|false` and `--no-flag` all work."""
     parser.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
@@ -223,6 +230,12 @@ def get_demo_parser():
     g.add_argument("--max_mpix", type=float, default=40.0, help="largest image in megapixels (read from the header)")
     g.add_argument("--max_network_megapixels", type=float, default=1.0,
                    help="largest copy the network may run on (H*W/s^2 megapixels): scale factors that need more are refused")
+    g.add_argument("--max_busy_mb", type=float, default=400.0,
+                   help="decoded photos (4 samples a pixel, 16-bit ones 2 bytes a sample; a TIFF's tile too) worked on at "
+                        "once, all visitors together, in MB; the server's memory peaks at about 3x this above its idle size")
+    g.add_argument("--max_running", type=positive_int, default=2, help="uploads decoded, enhanced and encoded at once (the network itself runs one at a time)")
+    g.add_argument("--max_waiting", type=non_negative_int, default=4,
+                   help="uploads that may wait for their turn; more at once are answered 503 with Retry-After")
     add_inference_args(p)
     return p
 

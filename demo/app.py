@@ -3,29 +3,36 @@ before/after slider, and download the result at full resolution.
 
     python demo/app.py [--port 7860] [--weight_dir weight/sgz.pth]
 
+waitress, a production WSGI server, serves it (bounded threads, request bodies and idle connections),
+and the app admits uploads against a budget of decoded bytes shared by all requests in flight, so the
+page can face the open internet. The app alone (for a WSGI server of your own) is `wsgi_app`.
+
 Flask serves one page of plain HTML, CSS and JavaScript from demo/templates and demo/static: no CDN,
 web font or analytics, and a Content-Security-Policy that lets the page load nothing from elsewhere.
 The server keeps nothing per visitor: a photo is the body of one POST /api/enhance request, decoded
 and enhanced in memory, and the PNG goes back in that request's response. The enhancement is
 enhance.Enhancer, as in test.py, so the page computes exactly what `python test.py` does.
 """
+import collections
+import contextlib
 import io
 import mimetypes
 import socket
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, from any working directory
 
 import numpy as np
 import skimage.data
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, jsonify, render_template, request, send_file
+from waitress import create_server
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-from werkzeug.serving import make_server
 
 from enhance import Enhancer
-from image_io import decode_image, encode_image, find_images, load_rgb
+from image_io import decode_image, encode_image, find_images, image_header, load_rgb
 from option import UserError, get_demo_parser, run_script
 
 HERE = Path(__file__).resolve().parent
@@ -34,6 +41,26 @@ STRENGTH_RANGE = (0.0, 2.0)
 BUILTIN_SAMPLES = ("coffee", "astronaut", "chelsea")  # photos bundled with scikit-image (CC0 / public domain)
 MAX_FOLDER_SAMPLES = 6
 THUMBNAIL_SIZE = (160, 120)
+# What the page offers to decode (image_io reads more: every format is another decoder facing the internet).
+UPLOAD_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP")
+# A progressive JPEG's decoder goes over the whole image once per scan, and libjpeg reads every scan a file
+# holds: 20,000 scans in 1.5 MB cost minutes of CPU. Cameras and encoders write 1 (baseline) to about 10
+# (libjpeg's progressive script: 10 for colour); 100 is also libtiff's default limit for a JPEG inside a TIFF
+# (LIBTIFF_JPEG_MAX_ALLOWED_SCAN_NUMBER), which covers the TIFFs this demo reads.
+MAX_JPEG_SCANS = 100
+# The enhancement works a band of whole rows at a time, at least one row: 48 bytes a column. A 20,000,000 x 2
+# PNG (0.1 MB, 40 MP) would need 2.2 GB where its decoded size says 0.1 GB. No photo is wider or taller than
+# 65,535 pixels, the most a JPEG can hold.
+MAX_SIDE = 65_535
+QUEUE_TIMEOUT_S = 30    # an upload waiting this long for its turn is answered 503
+RETRY_AFTER_S = 10      # what a 503 tells the client to wait: a few photos' work on a typical CPU
+LIGHT_THREADS = 4       # waitress threads beyond the uploads' (page, scripts, samples: never queued behind work)
+CONNECTION_LIMIT = 1000  # open connections; idle ones cost a socket, not a thread (waitress multiplexes them)
+CHANNEL_TIMEOUT_S = 30   # a connection silent this long (idle, or a stalled upload) is closed
+# Bytes of a connection's request, and of its answer, that waitress keeps in memory; past it they wait in a
+# temporary file, so 1000 connections hold at most 64 MB each way (waitress's defaults: 0.5 and 1 MB).
+BUFFER_IN_MEMORY = 65_536
+MAX_HEADER_BYTES = 65_536  # a browser's request headers take a few KB
 # The page may load its own scripts, styles and images and the blob: URLs it makes, nothing else.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -41,29 +68,56 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",  # no visitor's photo or result lingers in a cache
+    "Cross-Origin-Resource-Policy": "same-origin",  # other sites' pages cannot embed the samples or results
 }
 
 
 class BadRequest(Exception):
-    """A request the page explains to the visitor: `message` is shown there, `status` is the HTTP code."""
+    """A request the page explains to the visitor: `message` is shown there, `status` is the HTTP code,
+    `retry_after` (seconds) is sent as Retry-After when the server is busy."""
 
-    def __init__(self, message, status=400):
+    def __init__(self, message, status=400, retry_after=None):
         super().__init__(message)
-        self.status = status
+        self.status, self.retry_after = status, retry_after
 
 
 # ---------------------------------------------------------------------------------------------
 # Images in and out
 # ---------------------------------------------------------------------------------------------
 def read_body(stream, max_bytes):
-    """The request body, in memory; 413 past max_bytes. Werkzeug refuses a long Content-Length by
-    itself, but not a chunked body, which has none."""
+    """The request body, in memory; 413 past max_bytes. Flask refuses a long Content-Length by itself,
+    but not a chunked body, which has none (waitress cuts off both; a server of the user's may not)."""
     body = bytearray()
     while chunk := stream.read(1 << 20):
         body += chunk
         if len(body) > max_bytes:
             raise RequestEntityTooLarge()
     return bytes(body)
+
+
+def check_upload_header(data, name, max_pixels):
+    """Refuse, from the header alone, what the page does not offer or would be turned against the server:
+    another format, too many pixels, a side longer than any photo's, a progressive JPEG with more scans
+    than any camera writes. Returns
+    the header (None when there is none: decode_upload then says what is wrong)."""
+    header = image_header(data)
+    if header is None:
+        return None
+    if header.format not in UPLOAD_FORMATS:
+        raise BadRequest(f"{name}: this demo does not read {header.format} files. "
+                         "Upload a JPEG, PNG, BMP, TIFF or WebP photo.", 415)
+    if header.width * header.height > max_pixels:
+        decode_upload(data, name, max_pixels)  # decode_image refuses it from the header, with the usual message
+    if max(header.width, header.height) > MAX_SIDE:
+        raise BadRequest(f"{name}: {header.width}x{header.height} has a side over {MAX_SIDE} pixels, "
+                         "more than any photo.", 413)
+    # Every scan starts with an SOS marker, FF DA, and the coded data between markers never holds FF
+    # unstuffed, so counting FF DA bounds the scans from above (an EXIF thumbnail's scan counts too).
+    scans = data.count(b"\xff\xda") if header.format in ("JPEG", "MPO") else 0
+    if scans > MAX_JPEG_SCANS:
+        raise BadRequest(f"{name}: a JPEG of {scans} scans (cameras write at most about 10); "
+                         f"this demo decodes up to {MAX_JPEG_SCANS}.", 413)
+    return header
 
 
 def decode_upload(data, name, max_pixels):
@@ -87,12 +141,14 @@ def darken(rgb):
 
 
 def collect_samples(samples_dir):
-    """The page's samples as {id: (label, PNG bytes or a file's path)}: scikit-image's bundled photos
-    made dark, then the first images of samples_dir (the user's own test data, if any)."""
+    """The page's samples as {id: (label, PNG bytes or a file's path, JPEG thumbnail)}: scikit-image's
+    bundled photos made dark, then the first images of samples_dir (the user's own test data, if any).
+    Thumbnails are made here, once: made per request, a 4K sample would cost a decode per page view."""
     samples = {name: (name, encode_png(darken(getattr(skimage.data, name)()))) for name in BUILTIN_SAMPLES}
     for i, path in enumerate(find_images(samples_dir)[:MAX_FOLDER_SAMPLES]):
         samples[f"file{i}"] = (path.name, path)
-    return samples
+    return {sample_id: (label, source, thumbnail_jpeg(source.read_bytes() if isinstance(source, Path) else source))
+            for sample_id, (label, source) in samples.items()}
 
 
 def thumbnail_jpeg(data):
@@ -141,9 +197,76 @@ def check_network_size(shape, scale, choices, max_network_pixels):
                      f"photo; this demo allows {max_network_pixels / 1e6:g} MP: {advice}.", 413)
 
 
+def check_same_origin(headers, host):
+    """Refuse POSTs that another site's page makes a visitor's browser send. The API is open to scripts
+    and curl (no Origin header), but a page elsewhere could otherwise spend this server's CPU through every
+    browser that visits it (a form or no-cors POST needs no CORS permission to be sent, only to be read).
+    Browsers say where a request comes from in Sec-Fetch-Site (or, older ones, Origin)."""
+    site, origin = headers.get("Sec-Fetch-Site"), headers.get("Origin")
+    if site in ("same-site", "cross-site") or (site is None and origin and urlsplit(origin).netloc != host):
+        raise BadRequest("Requests from other sites' pages are refused: open this demo's own page.", 403)
+
+
 # ---------------------------------------------------------------------------------------------
 # The app
 # ---------------------------------------------------------------------------------------------
+def megabytes(n):
+    """n bytes in MB to 3 significant digits, without an exponent: 0.154, 16.8, 1020."""
+    return f"{float(f'{n / 1e6:.3g}'):g}"
+
+
+class Admission:
+    """Work on uploads (decode, enhance, encode) runs only within two bounds shared by every request in
+    flight: bytes of decoded images (known from the header, before decoding) and requests working at once.
+    An upload that does not fit waits its turn in a short first-come queue; a full queue or a wait past
+    QUEUE_TIMEOUT_S is answered 503 with Retry-After, so memory stays bounded however many arrive."""
+
+    def __init__(self, budget_bytes, max_running, max_waiting, timeout_s=QUEUE_TIMEOUT_S):
+        self.budget_bytes, self.max_running, self.max_waiting, self.timeout_s = budget_bytes, max_running, max_waiting, timeout_s
+        self.condition = threading.Condition()
+        self.queue = collections.deque()
+        self.used_bytes = self.running = 0
+
+    def busy(self, why):
+        return BadRequest(f"The server is busy ({why}); try again in {RETRY_AFTER_S} s.", 503, RETRY_AFTER_S)
+
+    def fits(self, cost):
+        return self.running < self.max_running and self.used_bytes + cost <= self.budget_bytes
+
+    @contextlib.contextmanager
+    def admit(self, cost):
+        """A block of work that holds `cost` bytes of the budget."""
+        if cost > self.budget_bytes:
+            raise BadRequest(f"This photo needs {megabytes(cost)} MB once decoded; this demo works on at most "
+                             f"{megabytes(self.budget_bytes)} MB at a time. Send a smaller photo.", 413)
+        with self.condition:
+            if self.queue or not self.fits(cost):
+                self.wait_turn(cost)
+            self.running += 1
+            self.used_bytes += cost
+        try:
+            yield
+        finally:
+            with self.condition:
+                self.running -= 1
+                self.used_bytes -= cost
+                self.condition.notify_all()
+
+    def wait_turn(self, cost):
+        """Wait in the queue (the condition held) until `cost` fits and no one is ahead."""
+        if len(self.queue) >= self.max_waiting:
+            raise self.busy(f"{self.max_waiting} photos are already waiting")
+        ticket = object()
+        self.queue.append(ticket)
+        try:
+            admitted = self.condition.wait_for(lambda: self.queue[0] is ticket and self.fits(cost), self.timeout_s)
+        finally:
+            self.queue.remove(ticket)
+            self.condition.notify_all()  # the next in line may fit now
+        if not admitted:
+            raise self.busy(f"no turn within {self.timeout_s:g} s")
+
+
 class SerialEnhancer:
     """One Enhancer (weights loaded once, at start-up, so bad weights stop the server before the first
     visitor), one enhancement at a time: two big photos at once would double the peak memory, and one
@@ -161,50 +284,61 @@ class SerialEnhancer:
 def create_app(args):
     """The Flask app; raises UserError for bad arguments (a bad weights file, fp16 on a CPU)."""
     enhancer = SerialEnhancer(args)
+    admission = Admission(args.max_busy_mb * 1e6, args.max_running, args.max_waiting)
     samples = collect_samples(args.samples_dir)
     scales = tuple(sorted(set(SCALE_CHOICES) | {args.scale_factor}))
     max_upload_bytes = int(args.max_upload_mb * 1e6)
+    max_pixels = args.max_mpix * 1e6
     app = Flask(__name__, template_folder=HERE / "templates", static_folder=HERE / "static")
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     app.config["SAMPLES"] = samples
+    app.config["ADMISSION"] = admission
 
-    def sample_file(sample_id):
-        """(bytes, MIME type) of a sample."""
+    def sample_entry(sample_id):
         if sample_id not in samples:
             raise BadRequest(f"There is no sample {sample_id!r}.", 404)
-        source = samples[sample_id][1]
-        if isinstance(source, Path):
-            return source.read_bytes(), mimetypes.guess_type(source.name)[0] or "application/octet-stream"
-        return source, "image/png"
+        return samples[sample_id]
 
     @app.get("/")
     def index():
-        return render_template("index.html", samples=[(i, label) for i, (label, _) in samples.items()],
+        return render_template("index.html", samples=[(i, label) for i, (label, *_) in samples.items()],
                                scales=scales, default_scale=args.scale_factor, strength_range=STRENGTH_RANGE,
                                max_upload_bytes=max_upload_bytes)
 
     @app.get("/api/samples/<sample_id>")
     def sample(sample_id):
-        data, mimetype = sample_file(sample_id)
-        return Response(data, mimetype=mimetype)
+        source = sample_entry(sample_id)[1]
+        if isinstance(source, Path):  # streamed from its file: a large sample costs no memory per request
+            return send_file(source, mimetype=mimetypes.guess_type(source.name)[0] or "application/octet-stream")
+        return Response(source, mimetype="image/png")
 
     @app.get("/api/samples/<sample_id>/thumbnail")
     def sample_thumbnail(sample_id):
-        return Response(thumbnail_jpeg(sample_file(sample_id)[0]), mimetype="image/jpeg")
+        return Response(sample_entry(sample_id)[2], mimetype="image/jpeg")
 
     @app.post("/api/enhance")
     def enhance():
-        """Body: the image file's bytes. Query: scale_factor, strength, name (the file's). Answer: the enhanced PNG."""
+        """Body: the image file's bytes. Query: scale_factor, strength, name (the file's). Answer: the enhanced PNG.
+        Everything that needs memory in proportion to the photo (decoding, enhancing, encoding) is admitted work."""
+        check_same_origin(request.headers, request.host)
         scale = parse_scale(request.args.get("scale_factor", args.scale_factor), scales)
         strength = parse_strength(request.args.get("strength", 1.0))
         name = request.args.get("name", "upload")[:200]  # only for the messages
-        image = decode_upload(read_body(request.stream, max_upload_bytes), name, args.max_mpix * 1e6)
-        check_network_size(image.shape, scale, scales, args.max_network_megapixels * 1e6)
-        return Response(encode_png(enhancer(image, scale, strength)), mimetype="image/png")
+        data = read_body(request.stream, max_upload_bytes)
+        header = check_upload_header(data, name, max_pixels)
+        if header:
+            check_network_size((header.height, header.width), scale, scales, args.max_network_megapixels * 1e6)
+        with admission.admit(header.decoded_bytes if header else 0):
+            # The decoded photo is only the call's argument, so it is freed before the result is encoded.
+            png = encode_png(enhancer(decode_upload(data, name, max_pixels), scale, strength))
+        return Response(png, mimetype="image/png")
 
     @app.errorhandler(BadRequest)
     def bad_request(e):
-        return jsonify(error=str(e)), e.status
+        response = jsonify(error=str(e))
+        if e.retry_after:
+            response.headers["Retry-After"] = str(e.retry_after)
+        return response, e.status
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(e):
@@ -235,27 +369,64 @@ def url_host(host):
 
 
 def listen(host, port):
-    """A listening socket; werkzeug's own binding would print two lines and exit on a busy port."""
+    """A listening socket; waitress's own binding would end in a traceback on a busy port."""
     try:
         return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another port with --port") from None
 
 
+def wsgi_app(*argv):
+    """The app for a WSGI server of your own, configured by the command line's options (the admission
+    control comes with it; bounds on bodies, threads and connections are then that server's to set):
+        waitress-serve --call demo.app:wsgi_app
+        gunicorn 'demo.app:wsgi_app("--weight_dir", "weight/sgz.pth")'"""
+    return create_app(get_demo_parser().parse_args(argv))
+
+
+def connection_limit(wanted=CONNECTION_LIMIT):
+    """The connections waitress may hold open: each takes up to 3 file descriptors (the socket, and files
+    for a large body and a large answer). Raises this process's soft limit where the hard one allows;
+    on Windows (no `resource` module) waitress's own default stands."""
+    try:
+        import resource
+    except ImportError:
+        return 100
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 3 * wanted + 64
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return wanted if soft == resource.RLIM_INFINITY else min(wanted, (soft - 64) // 3)
+
+
+def serve(app, sock, args):
+    """waitress on `sock`: one thread reads and writes every connection, so idle or slow ones hold no
+    thread, and a request reaches the app only once its whole body has arrived (a body past
+    --max_upload_mb, chunked or not, is refused as it arrives)."""
+    return create_server(
+        app, sockets=[sock], ident="SGZ demo",
+        threads=args.max_running + args.max_waiting + LIGHT_THREADS,
+        max_request_body_size=int(args.max_upload_mb * 1e6),
+        connection_limit=connection_limit(), asyncore_use_poll=True,  # select() stops at 1024 descriptors
+        channel_timeout=CHANNEL_TIMEOUT_S, cleanup_interval=CHANNEL_TIMEOUT_S / 3,
+        inbuf_overflow=BUFFER_IN_MEMORY, outbuf_overflow=BUFFER_IN_MEMORY, max_request_header_size=MAX_HEADER_BYTES)
+
+
 def main(args):
     app = create_app(args)
     sock = listen(args.host, args.port)
-    server = make_server(args.host, args.port, app, threaded=True, fd=sock.fileno())
-    folder_samples = sum(isinstance(source, Path) for _, source in app.config["SAMPLES"].values())
+    server = serve(app, sock, args)
+    folder_samples = sum(isinstance(source, Path) for _, source, _ in app.config["SAMPLES"].values())
     print(f"samples: {len(BUILTIN_SAMPLES)} built-in, {folder_samples} from {args.samples_dir}", flush=True)
     print(f"SGZ demo running: open http://{url_host(args.host)}:{sock.getsockname()[1]} in a browser (Ctrl+C stops it)",
           flush=True)
     try:
-        server.serve_forever()
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.close()
 
 
 if __name__ == "__main__":

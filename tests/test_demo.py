@@ -1,5 +1,7 @@
 """The web demo (demo/app.py): what a visitor sends and gets back, bad uploads, limits, privacy, and
-an end-to-end run in headless Chromium against `python demo/app.py`."""
+an end-to-end run in headless Chromium against `python demo/app.py`. What the server refuses to protect
+itself is in test_demo_limits.py."""
+import contextlib
 import io
 import os
 import re
@@ -266,26 +268,32 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def server(weights, tmp_path):
-    """`python demo/app.py --port 0` run from an empty folder with an empty TMPDIR of its own; yields
-    (url, that folder, that TMPDIR)."""
+@contextlib.contextmanager
+def running_demo(weights, tmp_path, *argv):
+    """`python demo/app.py --port 0 ARGV` run from an empty folder with an empty TMPDIR of its own; yields
+    (url, that folder, that TMPDIR, the process)."""
     workdir, tempdir, log = tmp_path / "cwd", tmp_path / "tmp", tmp_path / "server.log"
     workdir.mkdir()
     tempdir.mkdir()
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, str(ROOT / "demo" / "app.py"), "--port", "0", "--device", "cpu",
-                                    "--weight_dir", str(weights)], cwd=workdir, env={**os.environ, "TMPDIR": str(tempdir)},
-                                   stdout=out, stderr=subprocess.STDOUT)
+                                    "--weight_dir", str(weights), *argv], cwd=workdir,
+                                   env={**os.environ, "TMPDIR": str(tempdir)}, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while not (url := re.search(r"http://\S+:\d+", log.read_text())) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert url, f"the demo did not start: {log.read_text()}"
-        yield url.group(), workdir, tempdir
+        yield url.group(), workdir, tempdir, process
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(weights, tmp_path):
+    with running_demo(weights, tmp_path) as (url, workdir, tempdir, _):
+        yield url, workdir, tempdir
 
 
 def test_browser_upload_shows_and_downloads_the_enhanced_photo(browser, server, tmp_path):
