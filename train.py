@@ -292,7 +292,8 @@ def write_loss_plot(log_path, plot_path):
         rows = list(csv.DictReader(f))
     if not rows:
         return
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = Figure(figsize=(8, 4.5))
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.11, top=0.93)
     ax = fig.add_subplot()
     steps = [int(r["step"]) for r in rows]
     for name in ("total", "tv", "spa", "color", "exp", "seg"):
@@ -402,22 +403,31 @@ def next_action(position, args):
     return save, stop
 
 
+class SkippedSteps:
+    """Counts skipped (non-finite) steps in a row, across epochs; too many stop the run."""
+
+    def __init__(self, progress, folder):
+        self.progress, self.folder, self.in_a_row = progress, folder, 0
+
+    def record(self, skipped, step):
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        if skipped:
+            self.progress.warn(f"warning: non-finite loss or gradient at step {step}; step skipped")
+        if self.in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
+            raise UserError(f"{self.in_a_row} non-finite steps in a row at step {step}: lower --lr or check the "
+                            f"input images; the last good state is in {self.folder / LAST}")
+
+
 def train_one_epoch(model, criterion, optimizer, scaler, data_loader, device, position, steps_per_epoch, args,
-                    progress, save):
+                    progress, skipped_steps, save):
     """The rest of the current epoch from `position` (advanced in place); `save()` writes the
     checkpoints. Returns True when the run must stop."""
     model.train()
-    bad_in_a_row = 0
     for images in data_loader:
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         result = train_step(model, criterion, optimizer, scaler, images, device, args.amp, args.grad_clip_norm)
         position.advance(steps_per_epoch)
-        bad_in_a_row = 0 if result is not None else bad_in_a_row + 1
-        if result is None:
-            progress.warn(f"warning: non-finite loss or gradient at step {position.step}; step skipped")
-            if bad_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
-                raise UserError(f"{bad_in_a_row} non-finite steps in a row at step {position.step}: lower --lr or "
-                                f"check the input images; the last good state is in {args.snapshots_folder}/{LAST}")
+        skipped_steps.record(result is None, position.step)
         do_save, stop = next_action(position, args)
         if do_save:
             save()
@@ -566,12 +576,14 @@ class Trainer:
         args, position = self.args, self.position
         progress = Progress(self.folder, position, self.planned_steps(), args,
                             args.train_batch_size * self.world_size, resuming=bool(args.resume))
+        skipped_steps = SkippedSteps(progress, self.folder)
         try:
             stop = next_action(position, args)[1]  # a resumed run may have nothing left to do
             while not stop:
                 self.sampler.set_position(position.epoch, position.batch_in_epoch)
                 stop = train_one_epoch(self.model, self.criterion, self.optimizer, self.scaler, self.data_loader,
-                                       self.device, position, self.steps_per_epoch, args, progress, self.save)
+                                       self.device, position, self.steps_per_epoch, args, progress, skipped_steps,
+                                       self.save)
         finally:
             progress.close()
         if dist.is_initialized():
