@@ -52,7 +52,7 @@ FIXED_ON_RESUME = {
 }
 NOT_RESTORED = ("resume", "overwrite", "snapshots_folder", "given")  # about this command, not the run
 # What a checkpoint written before a setting existed was trained with.
-SETTINGS_BEFORE_THEY_EXISTED = {"seg_bn": "frozen", "num_workers": "auto"}
+SETTINGS_BEFORE_THEY_EXISTED = {"seg_bn": "frozen"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +364,7 @@ class Progress:
                     f"{f' or --max_steps {self.args.max_steps}' if self.args.max_steps else ''} (step {position.step}); "
                     f"resume with a larger one to continue")
         weights = f / f"Epoch{max(position.weights_epoch, 0)}.pth"
-        return (f"done: epoch {position.epoch}/{self.args.num_epochs} complete, step {position.step} "
+        return (f"done: {position.epoch} of {self.args.num_epochs} epochs complete, step {position.step} "
                 f"({position.step - self.start_step} in this session, {took}), final loss {loss}; run folder {f}: "
                 f"weights {weights}, resumable state {f / LAST}, losses {f / LOG} and {f / PLOT}")
 
@@ -612,7 +612,7 @@ def main(args):
             folder = trainer.folder
             trainer.train()
     except KeyboardInterrupt:
-        where = f"; continue with --resume {Path(folder) / LAST}" if folder else ""
+        where = f"; continue with --resume {Path(folder) / LAST}" if folder and (Path(folder) / LAST).exists() else ""
         print(f"interrupted{where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

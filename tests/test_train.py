@@ -110,7 +110,7 @@ def test_tiny_run_writes_checkpoints_log_plot_and_a_closing_line(images, tmp_pat
     with Image.open(run / "loss_plot.png") as im:
         assert im.format == "PNG" and im.width > 300
     closing = err.strip().splitlines()[-1]
-    assert closing.startswith("done: epoch 2/2") and str(run) in closing and "loss_plot.png" in closing
+    assert closing.startswith("done: 2 of 2 epochs complete, step 6") and str(run) in closing and "loss_plot.png" in closing
     assert f"final loss {totals[-1]:.5f}" in closing
     assert "skipped 3 unreadable file(s)" in err  # broken.jpg, empty.png, bomb.png; readme.txt is no image
 
