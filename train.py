@@ -175,8 +175,8 @@ def load_run_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, empty, foreign: pickle, zip and format errors all mean "not a checkpoint"
-        first_line = (str(e).splitlines() or [""])[0][:200]
-        raise UserError(f"--resume {path} is not a readable PyTorch checkpoint ({type(e).__name__}: {first_line})") from None
+        first_sentence = (str(e).splitlines() or [""])[0].split(". ")[0][:200]
+        raise UserError(f"--resume {path} is not a readable PyTorch checkpoint ({type(e).__name__}: {first_sentence})") from None
     needed = {"model", "optimizer", "scaler", "epoch", "step", "batch_in_epoch", "args", "rng"}
     if not isinstance(ckpt, dict) or not needed <= set(ckpt):
         raise UserError(f"--resume {path} is not a full training checkpoint (last.pth); for bare weights "
