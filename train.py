@@ -264,7 +264,6 @@ class LossLog:
     those written after it (the steps it is about to redo), so no step is logged twice."""
 
     def __init__(self, path, keep_through_step=None):
-        self.path = path
         rows = []
         if keep_through_step is not None and path.exists():
             with open(path, newline="") as f:
