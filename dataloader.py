@@ -1,33 +1,40 @@
 """The training Dataset: low-light images as square float tensors (files are read by image_io)."""
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.utils.data as data
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from image_io import find_images, load_rgb
+from image_io import DEFAULT_MAX_PIXELS, find_images, load_rgb
 from option import UserError
+
+
+def header_is_readable(path, max_pixels=DEFAULT_MAX_PIXELS):
+    """True when Pillow recognises the file from its header and it declares no more pixels than the
+    reader accepts (a PNG that claims 100000x100000 is a decompression bomb, not a training image)."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError):  # above Pillow's own limit, not an image
+        return False
+    return w * h <= max_pixels
 
 
 class LowLightDataset(data.Dataset):
     """Training images resized to `size` x `size` (Lanczos), as (3, size, size) float tensors in [0, 1].
 
-    Files PIL cannot identify are dropped at construction (`self.skipped` lists them); a file that
-    fails to decode later is replaced by the next image with a warning, so one bad file never
-    stops a long run.
+    Files whose header cannot be read or declares too many pixels are dropped at construction
+    (`self.skipped` lists them); a file that fails to decode later (truncated, corrupt) is replaced
+    by the next image with a warning, so one bad file never stops a long run.
     """
 
     def __init__(self, root, size=512):
-        self.size = size
+        self.root, self.size = Path(root), size
         self.paths, self.skipped = [], []
         for p in find_images(root):
-            try:
-                with Image.open(p):
-                    pass
-                self.paths.append(p)
-            except (UnidentifiedImageError, OSError):
-                self.skipped.append(p)
+            (self.paths if header_is_readable(p) else self.skipped).append(p)
 
     def __len__(self):
         return len(self.paths)

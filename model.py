@@ -264,19 +264,35 @@ def load_imagenet_resnet50(source="imagenet", download_timeout=20.0):
 
 
 class SegmentationNet(nn.Module):
-    """ResNet-50 (C2..C5) + FPN head -> per-pixel class logits at 1/4 size. Frozen for good:
-    no parameter needs a gradient and the module stays in eval mode whatever `.train()` says."""
+    """ResNet-50 (C2..C5) + FPN head -> per-pixel class logits at 1/4 size. Never trained: no parameter
+    needs a gradient, and its state never changes, whatever `.train()` or `.eval()` say.
 
-    def __init__(self, num_classes=21, backbone="imagenet"):
+    batch_norm="batch" (the official training objective): BatchNorm normalises with each batch's own
+    statistics, as the official code's net does, which it leaves in training mode. The official code
+    also updates the running statistics, which nothing ever reads; here they are left as loaded, so the
+    net is a fixed function and nothing drifts. batch_norm="frozen": the stored (ImageNet) statistics,
+    i.e. eval mode.
+    """
+
+    BATCH_NORM_MODES = ("batch", "frozen")
+
+    def __init__(self, num_classes=21, backbone="imagenet", batch_norm="batch"):
         super().__init__()
+        if batch_norm not in self.BATCH_NORM_MODES:
+            raise ValueError(f"batch_norm must be one of {self.BATCH_NORM_MODES}, got {batch_norm!r}")
+        self.batch_norm = batch_norm
         self.resnet, self.backbone_source = load_imagenet_resnet50(backbone)
         self.resnet.fc = nn.Identity()  # unused; keeps 2M parameters out of the module
         self.fpn = FPNHead(num_classes)
         self.requires_grad_(False)
-        self.eval()
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                # In training mode and without tracking, BatchNorm uses batch statistics and updates nothing.
+                m.track_running_stats = batch_norm == "frozen"
+        self.train()
 
     def train(self, mode=True):
-        return super().train(False)
+        return super().train(self.batch_norm == "batch")
 
     def forward(self, x):
         r = self.resnet

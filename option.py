@@ -89,14 +89,40 @@ def add_model_args(parser, scale_factor):
     return g
 
 
+class TrainParser(argparse.ArgumentParser):
+    """The training parser also records which flags the command line gave (`args.given`, a set of names),
+    so `--resume` can tell a saved setting the user overrides from a default nobody asked for."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        # argparse fills in a default only where the namespace lacks the attribute: parse again into
+        # a namespace that has every attribute, and what changed is what the command line gave.
+        untouched = object()
+        again = super().parse_args(args, argparse.Namespace(**dict.fromkeys(vars(parsed), untouched)))
+        parsed.given = {name for name, value in vars(again).items() if value is not untouched}
+        return parsed
+
+
+def workers(value):
+    """'auto' or a number of worker processes (0: load in the main process)."""
+    if value == "auto":
+        return value
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number >= 0, got {value!r}")
+    return n
+
+
 def get_train_parser():
-    p = argparse.ArgumentParser(description="Train SGZ (zero-reference, semantic-guided) on a folder of low-light images.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = TrainParser(description="Train SGZ (zero-reference, semantic-guided) on a folder of low-light images. "
+                                "`--resume RUN/last.pth` alone continues a run with the settings it was started with.",
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--lowlight_images_path", default="data/train_data",
                    help="folder of training images, searched recursively (jpg, png, bmp, tif, webp)")
     g.add_argument("--image_size", type=positive_int, default=512, help="training images are resized to this square size (Lanczos)")
-    g.add_argument("--num_workers", type=int, default=4, help="data-loading worker processes")
+    g.add_argument("--num_workers", type=workers, default="auto",
+                   help="data-loading worker processes; auto = CPU cores - 1, at most 4 (more than the cores are lowered)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     g.add_argument("--weight_decay", type=float, default=1e-4, help="Adam weight decay")
@@ -118,12 +144,20 @@ def get_train_parser():
     g.add_argument("--seg_backbone", default="imagenet",
                    help="segmentation backbone weights: imagenet (torchvision's, from its cache or downloaded), "
                         "random, or the path of a local ResNet-50 state_dict")
-    g = p.add_argument_group("checkpoints and logging")
-    g.add_argument("--snapshots_folder", default="weight", help="where EpochN.pth, last.pth and the loss log go")
+    g.add_argument("--seg_bn", default="batch", choices=["batch", "frozen"],
+                   help="BatchNorm of the (never trained) segmentation net: batch = normalise with each batch's statistics, "
+                        "as the official code does (its net stays in training mode; the published checkpoint was trained "
+                        "so); frozen = the backbone's stored ImageNet statistics (eval mode)")
+    g = p.add_argument_group("run folder, checkpoints and logging")
+    g.add_argument("--snapshots_folder", default="",
+                   help="the run's folder: EpochN.pth, last.pth, loss_log.csv, loss_plot.png (default: runs/DATE-TIME, "
+                        "or the folder of the --resume file)")
+    add_bool(g, "overwrite", False, "start a new run in a --snapshots_folder that holds one, deleting its checkpoints and log")
     add_bool(g, "load_pretrain", False, "start from the weights in --pretrain_dir")
     g.add_argument("--pretrain_dir", default="weight/Epoch99.pth", help="weights to start from with --load_pretrain")
-    g.add_argument("--resume", default="", help="continue a run from its full checkpoint (e.g. weight/last.pth)")
-    g.add_argument("--display_iter", type=positive_int, default=10, help="log the losses every N steps")
+    g.add_argument("--resume", default="", help="continue a run from its last.pth, with its saved settings (flags given "
+                                                "with it override them where a run can change them)")
+    g.add_argument("--display_iter", type=positive_int, default=10, help="log the losses every N steps (and at each epoch's end)")
     g.add_argument("--snapshot_iter", type=positive_int, default=10, help="write the checkpoints every N steps (and at each epoch's end)")
     add_model_args(p, scale_factor=1)
     return p

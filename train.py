@@ -1,29 +1,39 @@
 """Train SGZ: zero-reference, semantic-guided low-light enhancement.
 
-    python train.py                                   # the paper's recipe on data/train_data -> weight/
-    python train.py --resume weight/last.pth          # continue an interrupted run exactly
+    python train.py                                   # the paper's recipe on data/train_data -> runs/DATE-TIME/
+    python train.py --resume runs/DATE-TIME/last.pth  # continue that run exactly, with its own settings
     torchrun --nproc_per_node 4 train.py --amp        # 4 GPUs, DistributedDataParallel
 
-Checkpoints (rank 0 only, written atomically): `EpochN.pth` is the network's bare state_dict (the
-format the paper's code and ours exchange); `last.pth` holds everything `--resume` needs (model,
-optimizer, loss scaler, epoch, step, args, RNG states). Losses are logged to `loss_log.csv`.
+The shape of torchvision's reference scripts: a `Trainer` builds the data, the model (`model_without_ddp`,
+and `model`, the same network wrapped in DistributedDataParallel under torchrun), the loss and the optimizer;
+`train()` calls `train_one_epoch(...)` per epoch, and `next_action` is the one place that decides when to
+save and when to stop.
+
+A run lives in one folder (rank 0 writes, each file atomically): `EpochN.pth` is the network's bare
+state_dict (the format the paper's code and ours exchange); `last.pth` holds everything `--resume` needs
+(model, optimizer, loss scaler, position, args, RNG states); `loss_log.csv` and `loss_plot.png` the losses.
 """
 import csv
+import hashlib
 import os
 import random
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from filelock import FileLock, Timeout
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from dataloader import LowLightDataset
+from enhance import available_cpus
 from image_io import atomic_output
 from loss import SGZLoss
 from model import EnhanceNet, SegmentationNet, get_device, load_enhance_net
@@ -31,6 +41,18 @@ from option import EXIT_INTERRUPTED, UserError, get_train_parser, run_script
 
 MAX_BAD_STEPS_IN_A_ROW = 5
 LOG_COLUMNS = ["epoch", "step", "total", "tv", "spa", "color", "exp", "seg", "grad_norm", "images_per_s"]
+LAST, LOG, PLOT, LOCK = "last.pth", "loss_log.csv", "loss_plot.png", ".train.lock"
+# Settings a resumed run cannot change, and why.
+FIXED_ON_RESUME = {
+    "train_batch_size": "the position inside an epoch is counted in batches of the saved size",
+    "seed": "the order of the images in every epoch follows from the seed",
+    "conv_type": "the checkpoint holds a network of the saved type",
+    "load_pretrain": "a resumed run's weights come from its checkpoint",
+    "pretrain_dir": "a resumed run's weights come from its checkpoint",
+}
+NOT_RESTORED = ("resume", "overwrite", "snapshots_folder", "given")  # about this command, not the run
+# What a checkpoint written before a setting existed was trained with.
+SETTINGS_BEFORE_THEY_EXISTED = {"seg_bn": "frozen"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,6 +82,15 @@ def all_ranks_agree(flag, device):
     t = torch.tensor(1.0 if flag else 0.0, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+def from_main_process(value):
+    """Rank 0's `value` on every rank (e.g. a folder name made from the clock)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def autocast_dtype(device):
@@ -114,49 +145,374 @@ class ResumableSampler(DistributedSampler):
 
 
 # ---------------------------------------------------------------------------------------------
+# The run: its settings when resumed, its folder and lock, its checkpoints
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Position:
+    """Where a run is; `--resume` restores it. Skipped (non-finite) steps count as steps."""
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps done in all
+    batch_in_epoch: int = 0  # steps done in the current epoch
+
+    def advance(self, steps_per_epoch):
+        self.step += 1
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == steps_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    @property
+    def weights_epoch(self):
+        """N of the EpochN.pth the weights go to: the epoch in progress, or the one just completed."""
+        return self.epoch - 1 if self.batch_in_epoch == 0 else self.epoch
+
+
+def load_run_checkpoint(path):
+    """A full training checkpoint (last.pth) as a dict; anything else is a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--resume {path}: {'is a folder, not' if path.is_dir() else 'not found; give'} "
+                        f"the run's last.pth")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, empty, foreign: pickle, zip and format errors all mean "not a checkpoint"
+        first_sentence = (str(e).splitlines() or [""])[0].split(". ")[0][:200]
+        raise UserError(f"--resume {path} is not a readable PyTorch checkpoint ({type(e).__name__}: {first_sentence})") from None
+    needed = {"model", "optimizer", "scaler", "epoch", "step", "batch_in_epoch", "args", "rng"}
+    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
+        raise UserError(f"--resume {path} is not a full training checkpoint (last.pth); for bare weights "
+                        "start a new run with --load_pretrain --pretrain_dir")
+    return ckpt
+
+
+def resumed_args(args, ckpt):
+    """The run's saved settings, overridden by the flags given on this command line. Returns
+    (args, the overrides as one line). A setting the run cannot change is a UserError saying why."""
+    saved = {**SETTINGS_BEFORE_THEY_EXISTED, **ckpt["args"]}
+    merged, overrides = dict(vars(args)), []
+    for name, value in vars(args).items():
+        if name in NOT_RESTORED or name not in saved:
+            continue
+        old = saved[name]
+        if name not in args.given:
+            merged[name] = old
+        elif value != old:
+            if name in FIXED_ON_RESUME:
+                raise UserError(f"--{name} cannot change when resuming ({FIXED_ON_RESUME[name]}; the run has {old}): "
+                                f"drop the flag, or start a new run from the weights with --load_pretrain --pretrain_dir")
+            overrides.append(f"--{name} {value} (was {old})")
+    if "snapshots_folder" not in args.given:
+        merged["snapshots_folder"] = str(Path(args.resume).parent)
+    return type(args)(**merged), ", ".join(overrides)
+
+
+def default_run_folder():
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def holds_a_run(folder):
+    return (folder / LAST).exists() or (folder / LOG).exists() or any(folder.glob("Epoch*.pth"))
+
+
+def claim_run_folder(folder, resume_from, overwrite):
+    """Lock the run folder for this process (the lock goes with the process, even on SIGKILL) and make
+    sure no other run's files get overwritten. Returns the held lock."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(folder / LOCK, timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"{folder} is in use by another training run that is still going (it holds "
+                        f"{folder / LOCK}); wait for it to end, or choose another --snapshots_folder") from None
+    except OSError as e:
+        raise UserError(f"cannot use {folder} as the run folder: {e.strerror or e}") from None
+    continuing = resume_from and Path(resume_from).parent.resolve() == folder.resolve()
+    if not continuing and holds_a_run(folder):
+        if not overwrite:
+            lock.release()
+            raise UserError(f"{folder} already holds a training run; continue it with --resume {folder / LAST}, choose "
+                            "another --snapshots_folder, or pass --overwrite to delete its checkpoints and log")
+        for old in [folder / LAST, folder / LOG, folder / PLOT, *folder.glob("Epoch*.pth")]:
+            old.unlink(missing_ok=True)
+    return lock
+
+
+def dataset_fingerprint(dataset):
+    """The images a run trains on, by their names under the folder: a resumed run must see the same ones."""
+    names = "\n".join(str(p.relative_to(dataset.root)) for p in dataset.paths)
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(folder, model_without_ddp, optimizer, scaler, position, args, world_size, fingerprint):
+    """last.pth with the whole state, and the network alone as EpochN.pth (rank 0 only)."""
+    if not is_main_process():
+        return
+    weights = {k: v.contiguous() for k, v in model_without_ddp.state_dict().items()}  # the exchange format: plain layout
+    saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in NOT_RESTORED}
+    full = {"model": weights, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), **asdict(position),
+            "args": saved_args, "world_size": world_size, "dataset": fingerprint, "rng": rng_state()}
+    with atomic_output(folder / LAST) as tmp:
+        torch.save(full, tmp)
+    with atomic_output(folder / f"Epoch{position.weights_epoch}.pth") as tmp:
+        torch.save(weights, tmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress: the bar, the loss log, the plot and the closing line (rank 0)
+# ---------------------------------------------------------------------------------------------
+class LossLog:
+    """One CSV row per logged step. A resumed run keeps the rows up to its checkpoint's step and drops
+    those written after it (the steps it is about to redo), so no step is logged twice."""
+
+    def __init__(self, path, keep_through_step=None):
+        rows = []
+        if keep_through_step is not None and path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_through_step]
+        with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        self.file = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+
+    def write(self, **row):
+        self.writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def write_loss_plot(log_path, plot_path):
+    """Each weighted loss term and the total over the steps, from the log, as a PNG (written atomically)."""
+    from matplotlib.figure import Figure  # here: only the plot needs it (no pyplot, no global backend)
+
+    with open(log_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    fig = Figure(figsize=(8, 4.5))
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.11, top=0.93)
+    ax = fig.add_subplot()
+    steps = [int(r["step"]) for r in rows]
+    for name in ("total", "tv", "spa", "color", "exp", "seg"):
+        values = [float(r[name]) if r[name] else float("nan") for r in rows]
+        if any(v > 0 for v in values):
+            ax.plot(steps, values, label=name, linewidth=2 if name == "total" else 1, marker="." if len(rows) < 50 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("weighted loss")
+    ax.set_title(f"SGZ training losses, {plot_path.parent}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    with atomic_output(plot_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+class Progress:
+    """A bar over the whole run (loss shown from the first step), a log row every `display_iter` steps,
+    at each epoch's end and at the last step, the plot refreshed at each epoch's end and at the last step."""
+
+    def __init__(self, folder, position, total_steps, args, images_per_step, resuming):
+        self.folder, self.args, self.images_per_step = folder, args, images_per_step
+        self.active = is_main_process()
+        self.bar = tqdm(total=total_steps, initial=position.step, disable=not self.active, unit="step",
+                        desc=self.description(position), dynamic_ncols=True, file=sys.stderr)
+        self.log = LossLog(folder / LOG, position.step if resuming else None) if self.active else None
+        self.last_row_time, self.last_row_step = time.perf_counter(), position.step
+        self.start_time, self.start_step = time.perf_counter(), position.step
+        self.last_loss = None
+
+    def description(self, position):
+        return f"epoch {min(position.epoch + 1, self.args.num_epochs)}/{self.args.num_epochs}"
+
+    def step(self, position, result, saved, stopping):
+        if result is not None:
+            terms, grad_norm = result
+            values = {k: float(v) for k, v in terms.items()}
+            self.last_loss = values["total"]
+            self.bar.set_postfix(loss=f"{self.last_loss:.4f}", refresh=False)
+            epoch_end = position.batch_in_epoch == 0
+            if self.active and (position.step % self.args.display_iter == 0 or epoch_end or stopping):
+                now = time.perf_counter()
+                speed = (position.step - self.last_row_step) * self.images_per_step / (now - self.last_row_time)
+                self.last_row_time, self.last_row_step = now, position.step
+                self.log.write(epoch=position.weights_epoch, step=position.step, grad_norm=float(grad_norm),
+                               images_per_s=round(speed, 3), **values)
+        self.bar.set_description(self.description(position), refresh=False)
+        self.bar.update(1)
+        if self.active and saved and (position.batch_in_epoch == 0 or stopping):
+            write_loss_plot(self.folder / LOG, self.folder / PLOT)
+
+    def warn(self, message):
+        if self.active:
+            self.bar.write(message, file=sys.stderr)
+
+    def close(self):
+        self.bar.close()
+        if self.log:
+            self.log.close()
+
+    def summary(self, position):
+        """The closing line: how far the run got, in how long, and where everything is."""
+        took = timedelta(seconds=round(time.perf_counter() - self.start_time))
+        loss = f"{self.last_loss:.5f}" if self.last_loss is not None else "n/a (no step run)"
+        f = self.folder
+        if position.step == self.start_step:
+            return (f"nothing to do: the run in {f} has reached its --num_epochs {self.args.num_epochs}"
+                    f"{f' or --max_steps {self.args.max_steps}' if self.args.max_steps else ''} (step {position.step}); "
+                    f"resume with a larger one to continue")
+        weights = f / f"Epoch{max(position.weights_epoch, 0)}.pth"
+        return (f"done: {position.epoch} of {self.args.num_epochs} epochs complete, step {position.step} "
+                f"({position.step - self.start_step} in this session, {took}), final loss {loss}; run folder {f}: "
+                f"weights {weights}, resumable state {f / LAST}, losses {f / LOG} and {f / PLOT}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch loop
+# ---------------------------------------------------------------------------------------------
+def train_step(model, criterion, optimizer, scaler, images, device, amp, grad_clip_norm):
+    """One optimisation step; returns (loss terms, grad norm), or None when the step was skipped
+    because its loss or gradient is not finite (on every rank together)."""
+    with autocast_context(device, amp):
+        enhanced, curve_map = model(images)
+        total, terms = criterion(images, enhanced, curve_map)
+    if not all_ranks_agree(bool(torch.isfinite(total)), device):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    if not all_ranks_agree(bool(torch.isfinite(grad_norm)), device):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.update()  # lets fp16 loss scaling back off
+        return None
+    scaler.step(optimizer)
+    scaler.update()
+    terms = {k: v.detach() for k, v in terms.items()}
+    terms["total"] = total.detach()
+    return terms, grad_norm
+
+
+def next_action(position, args):
+    """(save, stop) after a step: the one place that decides both. The run stops after its last epoch
+    or at --max_steps, saving first; it saves every --snapshot_iter steps and at each epoch's end."""
+    stop = position.epoch >= args.num_epochs or (args.max_steps > 0 and position.step >= args.max_steps)
+    save = stop or position.batch_in_epoch == 0 or position.step % args.snapshot_iter == 0
+    return save, stop
+
+
+class SkippedSteps:
+    """Counts skipped (non-finite) steps in a row, across epochs; too many stop the run."""
+
+    def __init__(self, progress, folder):
+        self.progress, self.folder, self.in_a_row = progress, folder, 0
+
+    def record(self, skipped, step):
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        if skipped:
+            self.progress.warn(f"warning: non-finite loss or gradient at step {step}; step skipped")
+        if self.in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
+            raise UserError(f"{self.in_a_row} non-finite steps in a row at step {step}: lower --lr or check the "
+                            f"input images; the last good state is in {self.folder / LAST}")
+
+
+def train_one_epoch(model, criterion, optimizer, scaler, data_loader, device, position, steps_per_epoch, args,
+                    progress, skipped_steps, save):
+    """The rest of the current epoch from `position` (advanced in place); `save()` writes the
+    checkpoints. Returns True when the run must stop."""
+    model.train()
+    for images in data_loader:
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        result = train_step(model, criterion, optimizer, scaler, images, device, args.amp, args.grad_clip_norm)
+        position.advance(steps_per_epoch)
+        skipped_steps.record(result is None, position.step)
+        do_save, stop = next_action(position, args)
+        if do_save:
+            save()
+        progress.step(position, result, do_save, stop)
+        if stop:
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
 # Trainer
 # ---------------------------------------------------------------------------------------------
 class Trainer:
+    """Builds a run from its args (a resumed run from its checkpoint's args, overridden by the flags
+    given) and holds its folder's lock until `close()`; use it as a context manager."""
+
     def __init__(self, args):
-        self.args = args
+        self.lock = None
         self.rank, self.world_size, self.device = setup_distributed(args.device)
+        try:
+            self.build(args)
+        except BaseException:
+            self.close()
+            raise
+
+    def build(self, args):
+        ckpt = load_run_checkpoint(args.resume) if args.resume else None
+        if ckpt:
+            args, overrides = resumed_args(args, ckpt)
+            if ckpt.get("world_size", 1) != self.world_size:
+                raise UserError(f"{args.resume} was trained by {ckpt.get('world_size', 1)} processes, not "
+                                f"{self.world_size}: the position inside an epoch depends on it")
+        self.args = args
+        self.folder = Path(args.snapshots_folder or from_main_process(default_run_folder()))
+        args.snapshots_folder = str(self.folder)
+        if is_main_process():
+            self.lock = claim_run_folder(self.folder, args.resume, args.overwrite)
+            if ckpt:
+                self.log(f"resuming {args.resume} at epoch {ckpt['epoch']}, step {ckpt['step']}, into {self.folder}"
+                         + (f"; overriding the saved settings: {overrides}" if overrides else ""))
+            else:
+                self.log(f"run folder: {self.folder}")
         torch.manual_seed(args.seed)
-        self.out_dir = Path(args.snapshots_folder)
-        self.amp = args.amp
+
         self.dataset = self.build_dataset()
+        self.fingerprint = dataset_fingerprint(self.dataset)
+        if ckpt and ckpt.get("dataset", self.fingerprint) != self.fingerprint:
+            raise UserError(f"the images under {args.lowlight_images_path} ({len(self.dataset)}) are not those the run "
+                            f"{args.resume} trained on: the position inside an epoch would point at other images")
         self.sampler = ResumableSampler(self.dataset, args.train_batch_size, num_replicas=self.world_size,
                                         rank=self.rank, seed=args.seed, drop_last=True)
-        self.loader = DataLoader(self.dataset, batch_size=args.train_batch_size, sampler=self.sampler,
-                                 num_workers=args.num_workers, pin_memory=self.device.type == "cuda",
-                                 drop_last=True, persistent_workers=False)
+        num_workers = self.num_workers()
+        self.data_loader = DataLoader(self.dataset, batch_size=args.train_batch_size, sampler=self.sampler,
+                                      num_workers=num_workers, pin_memory=self.device.type == "cuda",
+                                      drop_last=True, persistent_workers=num_workers > 0)
         self.steps_per_epoch = len(self.dataset) // self.world_size // args.train_batch_size
         if self.steps_per_epoch == 0:
             raise UserError(f"{len(self.dataset)} images in {args.lowlight_images_path} are fewer than one batch of "
-                                f"{args.train_batch_size} per process; lower --train_batch_size")
+                            f"{args.train_batch_size} per process; lower --train_batch_size")
 
         # channels-last makes the depthwise-separable convs 2.5x faster on CPU (benchmarks/bench_train.py)
-        self.net = self.build_network().to(self.device, memory_format=torch.channels_last)
-        self.model = self.net
+        self.model_without_ddp = self.build_network(ckpt).to(self.device, memory_format=torch.channels_last)
+        self.model = self.model_without_ddp
         if self.world_size > 1:
-            self.model = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        seg_net = None
-        if args.seg_weight > 0:
-            seg_net = SegmentationNet(args.num_of_SegClass, backbone=args.seg_backbone).to(self.device)
-            seg_net = seg_net.to(memory_format=torch.channels_last)
-            self.log(f"segmentation backbone: {seg_net.backbone_source}")
-        self.criterion = SGZLoss(seg_net, tv_weight=args.tv_weight, spa_weight=args.spa_weight,
-                                 color_weight=args.color_weight, exp_weight=args.exp_weight, seg_weight=args.seg_weight,
-                                 patch_size=args.patch_size, exp_level=args.exp_level).to(self.device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        use_scaler = self.amp and self.device.type == "cuda" and autocast_dtype(self.device) == torch.float16
+            self.model = DistributedDataParallel(self.model_without_ddp,
+                                                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.criterion = self.build_criterion()
+        self.optimizer = torch.optim.Adam(self.model_without_ddp.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        use_scaler = args.amp and self.device.type == "cuda" and autocast_dtype(self.device) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
-        if args.resume:
-            self.load_checkpoint(args.resume)
+        self.position = Position()
+        if ckpt:
+            self.restore(ckpt)
 
     def log(self, message):
         if is_main_process():
             tqdm.write(message, file=sys.stderr)
+
+    def num_workers(self):
+        """--num_workers, or what fits the machine; never more than its cores (PyTorch warns above that)."""
+        cpus = available_cpus()
+        if self.args.num_workers == "auto":
+            return max(0, min(4, cpus - 1))
+        if self.args.num_workers > cpus:
+            self.log(f"--num_workers {self.args.num_workers} lowered to {cpus}, the CPU cores this process may use")
+        return min(self.args.num_workers, cpus)
 
     def build_dataset(self):
         root = Path(self.args.lowlight_images_path)
@@ -170,9 +526,9 @@ class Trainer:
         self.log(f"{len(dataset)} training images from {root}, resized to {self.args.image_size}x{self.args.image_size}")
         return dataset
 
-    def build_network(self):
+    def build_network(self, ckpt):
         args = self.args
-        if args.load_pretrain and not args.resume:
+        if args.load_pretrain and not ckpt:
             net = load_enhance_net(args.pretrain_dir, scale_factor=args.scale_factor)
             if net.conv_type != args.conv_type:
                 raise UserError(f"{args.pretrain_dir} holds a '{net.conv_type}' network but --conv_type is '{args.conv_type}'")
@@ -180,140 +536,84 @@ class Trainer:
             return net
         return EnhanceNet(scale_factor=args.scale_factor, conv_type=args.conv_type)
 
-    # --- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self, weights_epoch):
-        """last.pth with the whole state, and the network alone as Epoch{weights_epoch}.pth."""
-        if not is_main_process():
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        weights = {k: v.contiguous() for k, v in self.net.state_dict().items()}  # the exchange format: plain layout
-        full = {"model": weights, "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
-                "batch_in_epoch": self.batch_in_epoch, "args": {k: str(v) if isinstance(v, Path) else v
-                                                                for k, v in vars(self.args).items()},
-                "rng": rng_state()}
-        with atomic_output(self.out_dir / "last.pth") as tmp:
-            torch.save(full, tmp)
-        with atomic_output(self.out_dir / f"Epoch{weights_epoch}.pth") as tmp:
-            torch.save(weights, tmp)
+    def build_criterion(self):
+        args = self.args
+        seg_net = None
+        if args.seg_weight > 0:
+            seg_net = SegmentationNet(args.num_of_SegClass, backbone=args.seg_backbone, batch_norm=args.seg_bn)
+            seg_net = seg_net.to(self.device, memory_format=torch.channels_last)
+            self.log(f"segmentation net: {seg_net.backbone_source}, BatchNorm with "
+                     + ("batch statistics (the official objective)" if args.seg_bn == "batch" else "frozen statistics"))
+        return SGZLoss(seg_net, tv_weight=args.tv_weight, spa_weight=args.spa_weight, color_weight=args.color_weight,
+                       exp_weight=args.exp_weight, seg_weight=args.seg_weight, patch_size=args.patch_size,
+                       exp_level=args.exp_level).to(self.device)
 
-    def load_checkpoint(self, path):
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"--resume checkpoint not found: {path}")
+    def restore(self, ckpt):
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            self.net.load_state_dict(ckpt["model"])
+            self.model_without_ddp.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
-            raise UserError(f"{path} is not a full training checkpoint of this network "
-                                  f"(use --load_pretrain --pretrain_dir for bare weights): {str(e).splitlines()[0][:200]}") from None
-        for group in self.optimizer.param_groups:  # the command line decides the learning rate from here on
-            group["lr"] = self.args.lr
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.step, self.batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]
+            raise UserError(f"--resume {self.args.resume} does not fit this network "
+                            f"(--conv_type {self.args.conv_type}): {str(e).splitlines()[0][:200]}") from None
+        for group in self.optimizer.param_groups:  # the settings (saved, or given now) decide from here on
+            group["lr"], group["weight_decay"] = self.args.lr, self.args.weight_decay
+        if ckpt["scaler"] and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.position = Position(ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"])
         set_rng_state(ckpt["rng"])
-        self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
 
-    # --- training ----------------------------------------------------------------------------
-    def train_step(self, images):
-        """One optimisation step; returns (loss terms, grad norm) or None when the step was skipped."""
-        with autocast_context(self.device, self.amp):
-            enhanced, curve_map = self.model(images)
-            total, terms = self.criterion(images, enhanced, curve_map)
-        if not all_ranks_agree(bool(torch.isfinite(total)), self.device):
-            return None
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.args.grad_clip_norm)
-        if not all_ranks_agree(bool(torch.isfinite(grad_norm)), self.device):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()  # lets fp16 loss scaling back off
-            return None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        terms = {k: v.detach() for k, v in terms.items()}
-        terms["total"] = total.detach()
-        return terms, grad_norm
+    def save(self):
+        save_checkpoint(self.folder, self.model_without_ddp, self.optimizer, self.scaler, self.position, self.args,
+                        self.world_size, self.fingerprint)
 
-    def reached_max_steps(self):
-        return bool(self.args.max_steps) and self.step >= self.args.max_steps
+    def planned_steps(self):
+        steps = self.args.num_epochs * self.steps_per_epoch
+        return min(steps, self.args.max_steps) if self.args.max_steps > 0 else steps
 
     def train(self):
-        args = self.args
-        self.net.train()
-        bad_in_a_row = 0
-        logger = LossLogger(self.out_dir / "loss_log.csv") if is_main_process() else None
-        last_time, last_step = time.perf_counter(), self.step
-        while self.epoch < args.num_epochs:
-            self.sampler.set_position(self.epoch, self.batch_in_epoch)
-            bar = tqdm(self.loader, total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=not is_main_process(),
-                       desc=f"epoch {self.epoch + 1}/{args.num_epochs}", unit="step", dynamic_ncols=True)
-            for images in bar:
-                result = self.train_step(images.to(self.device, non_blocking=True, memory_format=torch.channels_last))
-                self.batch_in_epoch += 1
-                self.step += 1
-                if result is None:
-                    bad_in_a_row += 1
-                    self.log(f"warning: non-finite loss or gradient at step {self.step}; step skipped")
-                    if bad_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
-                        raise UserError(f"{bad_in_a_row} non-finite steps in a row at step {self.step}: "
-                                            "lower --lr or check the input images; last good weights are in "
-                                            f"{self.out_dir / 'last.pth'}")
-                else:
-                    bad_in_a_row = 0
-                    terms, grad_norm = result
-                    if self.step % args.display_iter == 0:
-                        now = time.perf_counter()
-                        speed = (self.step - last_step) * args.train_batch_size * self.world_size / (now - last_time)
-                        last_time, last_step = now, self.step
-                        values = {k: float(v) for k, v in terms.items()}
-                        bar.set_postfix(loss=f"{values['total']:.4f}", img_s=f"{speed:.1f}")
-                        if logger:
-                            logger.write(epoch=self.epoch, step=self.step, grad_norm=float(grad_norm),
-                                         images_per_s=round(speed, 3), **values)
-                if self.batch_in_epoch == self.steps_per_epoch:
-                    continue  # the loader ends here; the epoch's end is saved below
-                if self.step % args.snapshot_iter == 0:
-                    self.save_checkpoint(weights_epoch=self.epoch)
-                if self.reached_max_steps():
-                    self.save_checkpoint(weights_epoch=self.epoch)
-                    return
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            self.save_checkpoint(weights_epoch=self.epoch - 1)
-            if self.reached_max_steps():
-                return
+        """Epochs until the last one or --max_steps, then the closing line (rank 0)."""
+        args, position = self.args, self.position
+        progress = Progress(self.folder, position, self.planned_steps(), args,
+                            args.train_batch_size * self.world_size, resuming=bool(args.resume))
+        skipped_steps = SkippedSteps(progress, self.folder)
+        try:
+            stop = next_action(position, args)[1]  # a resumed run may have nothing left to do
+            while not stop:
+                self.sampler.set_position(position.epoch, position.batch_in_epoch)
+                stop = train_one_epoch(self.model, self.criterion, self.optimizer, self.scaler, self.data_loader,
+                                       self.device, position, self.steps_per_epoch, args, progress, skipped_steps,
+                                       self.save)
+        finally:
+            progress.close()
         if dist.is_initialized():
             dist.barrier()
+        if is_main_process():
+            print(progress.summary(position), file=sys.stderr)
 
+    def close(self):
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
-class LossLogger:
-    """Appends one CSV row per logged step (appending keeps a resumed run's history in one file)."""
+    def __enter__(self):
+        return self
 
-    def __init__(self, path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        self.file = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
-
-    def write(self, **row):
-        self.writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-        self.file.flush()
+    def __exit__(self, *exc):
+        self.close()
 
 
 def main(args):
+    folder = args.snapshots_folder
     try:
-        Trainer(args).train()
+        with Trainer(args) as trainer:
+            folder = trainer.folder
+            trainer.train()
     except KeyboardInterrupt:
-        print("interrupted; continue with --resume " + str(Path(args.snapshots_folder) / "last.pth"), file=sys.stderr)
+        where = f"; continue with --resume {Path(folder) / LAST}" if folder and (Path(folder) / LAST).exists() else ""
+        print(f"interrupted{where}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 

@@ -4,10 +4,10 @@
 
 Each setting runs in its own process (so its peak RSS is its own) on the same random dark batch:
 - official-like: fp32, NCHW, the segmentation net in train mode with gradients for its 28M
-  parameters, as the paper's train.py leaves it (its parameters are not in the optimizer, but
-  autograd still computes their gradients and BatchNorm uses batch statistics);
-- ours fp32: both nets channels-last, the segmentation net frozen for real (no parameter gradients,
-  eval mode);
+  parameters and running BatchNorm statistics updated, as the paper's train.py leaves it (its
+  parameters are not in the optimizer, but autograd still computes their gradients);
+- ours fp32: both nets channels-last, the segmentation net fixed (no parameter gradients, nothing
+  updated) and normalising with batch statistics, the same objective (`--seg_bn batch`);
 - ours --amp: the same under bfloat16 autocast (CPU) / fp16 or bf16 (CUDA).
 Each runs without and with the semantic branch. Prints s/image, the ratio to official-like, the
 loss value and peak memory.
@@ -44,23 +44,30 @@ def measure(setting, semantic, size, batch, steps, device):
             "--train_batch_size", str(batch), "--num_workers", "0", "--device", device,
             "--seg_weight", "0.1" if semantic else "0", "--seg_backbone", "random", "--amp", str(setting == "ours amp")])
         torch.manual_seed(0)
-        t = train.Trainer(args)
-        seg = t.criterion.seg_net
-        layout = torch.contiguous_format if setting == "official-like" else torch.channels_last
-        t.net.to(memory_format=layout)
-        if setting == "official-like" and seg is not None:
-            seg.requires_grad_(True)
-            torch.nn.Module.train(seg, True)
-            seg.to(memory_format=layout)
-        images = next(iter(t.loader)).to(t.device, memory_format=layout)
-        t.train_step(images)  # warm-up
-        sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
-        sync()
-        start = time.perf_counter()
-        for _ in range(steps):
-            terms, _ = t.train_step(images)
-        sync()
-        seconds = (time.perf_counter() - start) / steps / batch
+        with train.Trainer(args) as t:
+            seg = t.criterion.seg_net
+            layout = torch.contiguous_format if setting == "official-like" else torch.channels_last
+            t.model_without_ddp.to(memory_format=layout)
+            if setting == "official-like" and seg is not None:
+                seg.requires_grad_(True)
+                for m in seg.modules():
+                    if isinstance(m, torch.nn.BatchNorm2d):
+                        m.track_running_stats = True
+                seg.to(memory_format=layout)
+            images = next(iter(t.data_loader)).to(t.device, memory_format=layout)
+
+            def step():
+                return train.train_step(t.model, t.criterion, t.optimizer, t.scaler, images, t.device, args.amp,
+                                        args.grad_clip_norm)
+
+            step()  # warm-up
+            sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
+            sync()
+            start = time.perf_counter()
+            for _ in range(steps):
+                terms, _ = step()
+            sync()
+            seconds = (time.perf_counter() - start) / steps / batch
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if t.device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20

@@ -115,12 +115,16 @@ def test_curve_is_eight_steps_with_one_map():
     assert torch.allclose(apply_curve(x, r), torch.full_like(x, expected))
 
 
-def test_segmentation_net_is_frozen_and_the_enhancer_learns():
+@pytest.mark.parametrize("batch_norm", ["batch", "frozen"])
+def test_segmentation_net_is_frozen_and_the_enhancer_learns(batch_norm):
     torch.manual_seed(0)
-    seg = SegmentationNet(num_classes=21, backbone="random")
-    assert not any(p.requires_grad for p in seg.parameters()) and not seg.training
+    seg = SegmentationNet(num_classes=21, backbone="random", batch_norm=batch_norm)
+    mode = batch_norm == "batch"  # batch statistics need training mode; it never changes
+    assert not any(p.requires_grad for p in seg.parameters()) and seg.training is mode
+    seg.eval()
+    assert seg.training is mode
     seg.train()
-    assert not seg.training
+    assert seg.training is mode
     before = {k: v.clone() for k, v in seg.state_dict().items()}  # running BN stats included
     net = EnhanceNet().train()
     enh_before = [p.detach().clone() for p in net.parameters()]

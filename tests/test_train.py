@@ -1,7 +1,13 @@
-"""train.py: checkpoints, exact resume, DDP on two CPU processes, bad input, non-finite steps."""
+"""train.py: the run folder (checkpoints, log, plot, closing line), exact resume from last.pth alone (also
+after SIGKILL), refusal of used folders, the lock, bad files, non-finite steps, DDP on two CPU processes."""
+import csv
 import os
+import signal
+import struct
 import subprocess
 import sys
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +16,20 @@ import torch
 from PIL import Image
 
 import train
+from dataloader import LowLightDataset, header_is_readable
 from model import EnhanceNet, load_enhance_net
-from option import UserError, get_train_parser
+from option import UserError, get_train_parser, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def bomb_png(path, side=100_000):
+    """A PNG whose header declares side x side pixels (a decompression bomb) with almost no data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
@@ -28,110 +44,293 @@ def images(tmp_path_factory):
         Image.fromarray(arr).save(sub / f"{i}.{['jpg', 'png', 'bmp'][i % 3]}")
     (d / "readme.txt").write_text("not an image")
     (d / "broken.jpg").write_bytes(b"\xff\xd8 this is not really a jpeg")
+    (d / "empty.png").write_bytes(b"")
+    bomb_png(d / "bomb.png")
     return d
 
 
+def argv_for(images, out, *extra):
+    return ["--lowlight_images_path", str(images), "--snapshots_folder", str(out), "--image_size", "32",
+            "--train_batch_size", "4", "--num_workers", "0", "--seg_weight", "0", "--display_iter", "1",
+            "--snapshot_iter", "1", "--lr", "1e-3", *extra]
+
+
 def args_for(images, out, *extra):
-    return get_train_parser().parse_args([
-        "--lowlight_images_path", str(images), "--snapshots_folder", str(out), "--image_size", "32",
-        "--train_batch_size", "4", "--num_workers", "0", "--seg_weight", "0", "--display_iter", "1",
-        "--snapshot_iter", "1", "--lr", "1e-3", *extra])
+    return get_train_parser().parse_args(argv_for(images, out, *extra))
 
 
-def run_cli(*argv, env=None):
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """train.py's command line in this process: (exit status, stderr)."""
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the script lifts it: restore after
+
+    def run(*argv):
+        capsys.readouterr()
+        status = run_script(train.main, get_train_parser(), list(argv))
+        return status, capsys.readouterr().err
+    return run
+
+
+def run_process(*argv, env=None):
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300)
 
 
-def test_tiny_run_writes_loadable_checkpoints_and_a_loss_log(images, tmp_path):
-    t = train.Trainer(args_for(images, tmp_path, "--num_epochs", "2"))
-    assert len(t.dataset) == 12 and len(t.dataset.skipped) == 1  # broken.jpg counted, readme.txt ignored
-    before = EnhanceNet().state_dict()
-    t.train()
-    for name in ("Epoch0.pth", "Epoch1.pth"):
-        net = load_enhance_net(tmp_path / name)  # the exchange format: a bare state_dict, official keys
-        assert set(net.state_dict()) == set(before)
-    full = torch.load(tmp_path / "last.pth", weights_only=True)
-    assert full["epoch"] == 2 and full["step"] == 6 and set(full) >= {"model", "optimizer", "args", "rng"}
-    rows = (tmp_path / "loss_log.csv").read_text().splitlines()
-    assert rows[0].startswith("epoch,step,total,tv,spa,color,exp") and len(rows) == 1 + 6
-    totals = [float(r.split(",")[2]) for r in rows[1:]]
-    assert totals[-1] < totals[0]
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(images, tmp_path):
-    train.Trainer(args_for(images, tmp_path / "straight", "--num_epochs", "3")).train()
-    # Interrupted mid-epoch (step 4 of 9 is inside epoch 2), then resumed to the same end.
-    train.Trainer(args_for(images, tmp_path / "split", "--num_epochs", "3", "--max_steps", "4")).train()
-    assert torch.load(tmp_path / "split" / "last.pth", weights_only=True)["step"] == 4
-    train.Trainer(args_for(images, tmp_path / "split", "--num_epochs", "3",
-                           "--resume", str(tmp_path / "split" / "last.pth"))).train()
-    a = torch.load(tmp_path / "straight" / "Epoch2.pth", weights_only=True)
-    b = torch.load(tmp_path / "split" / "Epoch2.pth", weights_only=True)
+def log_steps(folder):
+    with open(folder / "loss_log.csv", newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+def assert_same_weights(a_path, b_path, atol=1e-6):
+    a, b = torch.load(a_path, weights_only=True), torch.load(b_path, weights_only=True)
+    assert set(a) == set(b)
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-7)
-    assert not torch.equal(a["e_conv7.point_conv.bias"], EnhanceNet().state_dict()["e_conv7.point_conv.bias"])
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol)
 
 
-def test_semantic_branch_trains_with_a_frozen_segmentation_net(images, tmp_path):
-    t = train.Trainer(args_for(images, tmp_path, "--num_epochs", "1", "--max_steps", "1", "--seg_weight", "0.1",
-                               "--seg_backbone", "random"))
-    seg_before = {k: v.clone() for k, v in t.criterion.seg_net.state_dict().items()}
-    t.train()
-    assert all(torch.equal(v, t.criterion.seg_net.state_dict()[k]) for k, v in seg_before.items())
-    header, row = (tmp_path / "loss_log.csv").read_text().splitlines()[:2]
-    assert header.split(",")[7] == "seg" and float(row.split(",")[7]) > 0
-    assert {id(p) for g in t.optimizer.param_groups for p in g["params"]} == {id(p) for p in t.net.parameters()}
+def test_tiny_run_writes_checkpoints_log_plot_and_a_closing_line(images, tmp_path, cli):
+    status, err = cli(*argv_for(images, tmp_path / "run", "--num_epochs", "2", "--display_iter", "2"))
+    assert status == 0, err
+    run = tmp_path / "run"
+    for name in ("Epoch0.pth", "Epoch1.pth"):
+        net = load_enhance_net(run / name)  # the exchange format: a bare state_dict, official keys
+        assert set(net.state_dict()) == set(EnhanceNet().state_dict())
+    full = torch.load(run / "last.pth", weights_only=True)
+    assert full["epoch"] == 2 and full["step"] == 6 and full["args"]["image_size"] == 32
+    # 3 steps per epoch: every 2nd step, and each epoch's end
+    assert log_steps(run) == [2, 3, 4, 6]
+    with open(run / "loss_log.csv", newline="") as f:
+        totals = [float(r["total"]) for r in csv.DictReader(f)]
+    assert totals[-1] < totals[0]
+    with Image.open(run / "loss_plot.png") as im:
+        assert im.format == "PNG" and im.width > 300
+    closing = err.strip().splitlines()[-1]
+    assert closing.startswith("done: 2 of 2 epochs complete, step 6") and str(run) in closing and "loss_plot.png" in closing
+    assert f"final loss {totals[-1]:.5f}" in closing
+    assert "skipped 3 unreadable file(s)" in err  # broken.jpg, empty.png, bomb.png; readme.txt is no image
 
 
-def test_non_finite_steps_are_skipped_then_stop_the_run(images, tmp_path, monkeypatch, capsys):
-    t = train.Trainer(args_for(images, tmp_path, "--num_epochs", "3"))
-    real_forward = t.criterion.forward
-    calls = {"n": 0}
-
-    def sometimes_nan(*a):
-        calls["n"] += 1
-        total, terms = real_forward(*a)
-        return (total * float("nan"), terms) if calls["n"] == 2 or calls["n"] >= 4 else (total, terms)
-
-    monkeypatch.setattr(t.criterion, "forward", sometimes_nan)
-    with pytest.raises(UserError, match="non-finite"):
-        t.train()
-    assert "step 2; step skipped" in capsys.readouterr().err
-    assert all(torch.isfinite(v).all() for v in t.net.state_dict().values())
-    assert t.step == 3 + train.MAX_BAD_STEPS_IN_A_ROW  # steps 4..8 bad in a row
+def test_short_run_logs_its_last_step_and_its_bar_ends_full(images, tmp_path, cli):
+    status, err = cli(*argv_for(images, tmp_path, "--num_epochs", "5", "--display_iter", "10", "--max_steps", "4"))
+    assert status == 0, err
+    assert log_steps(tmp_path) == [3, 4]  # the epoch's end and the last step, though display_iter is 10
+    assert "4/4" in err and "100%" in err
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["step"] == 4
 
 
-def test_load_pretrain_false_means_false():
-    p = get_train_parser()
-    assert p.parse_args(["--load_pretrain", "False"]).load_pretrain is False
-    assert p.parse_args(["--load_pretrain", "True"]).load_pretrain is True
-    assert p.parse_args(["--load_pretrain"]).load_pretrain is True
-    assert p.parse_args([]).load_pretrain is False
+def test_resume_alone_after_sigkill_ends_equal_to_an_uninterrupted_run(images, tmp_path, cli):
+    common = ["--num_epochs", "4", "--display_iter", "2", "--device", "cpu"]
+    assert cli(*argv_for(images, tmp_path / "straight", *common))[0] == 0
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv_for(images, run, *common)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / "last.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(run / "last.pth", weights_only=True)["step"]
+    assert killed_at < 12, "the run ended before it could be killed"
+
+    status, err = cli("--resume", str(run / "last.pth"))  # its settings and its folder come from last.pth
+    assert status == 0, err
+    assert "overriding" not in err and f"resuming {run / 'last.pth'} at epoch" in err
+    assert_same_weights(tmp_path / "straight" / "Epoch3.pth", run / "Epoch3.pth")
+    assert log_steps(run) == log_steps(tmp_path / "straight")  # rows after the checkpoint were not kept twice
+    assert torch.load(run / "last.pth", weights_only=True)["args"]["num_epochs"] == 4
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "pretrain_missing", "pretrain_wrong", "resume_bare"])
-def test_bad_input_is_one_clear_line_and_exit_2(images, tmp_path, case):
+def test_resume_with_overrides_lists_them_and_refuses_what_cannot_change(images, tmp_path, cli):
+    run = tmp_path / "run"
+    assert cli(*argv_for(images, run, "--num_epochs", "2", "--max_steps", "2"))[0] == 0
+    before = (run / "last.pth").read_bytes()
+    for flag, value in [("--train_batch_size", "2"), ("--seed", "7"), ("--conv_type", "tc")]:
+        status, err = cli("--resume", str(run / "last.pth"), flag, value)
+        assert status == 2 and len(error_lines(err)) == 1 and f"{flag} cannot change" in err
+    assert (run / "last.pth").read_bytes() == before
+    status, err = cli("--resume", str(run / "last.pth"), "--train_batch_size", "4", "--max_steps", "0", "--lr", "2e-3")
+    assert status == 0, err
+    overrides = [line for line in err.splitlines() if "overriding the saved settings" in line]
+    assert len(overrides) == 1 and overrides[0].endswith("--lr 0.002 (was 0.001), --max_steps 0 (was 2)")
+    saved = torch.load(run / "last.pth", weights_only=True)
+    assert saved["step"] == 6 and saved["args"]["lr"] == 2e-3 and saved["args"]["image_size"] == 32
+
+
+def test_a_used_folder_is_refused_unless_overwritten(images, tmp_path, cli):
+    run = tmp_path / "run"
+    assert cli(*argv_for(images, run, "--num_epochs", "1", "--max_steps", "1"))[0] == 0
+    before = (run / "last.pth").read_bytes()
+    status, err = cli(*argv_for(images, run, "--num_epochs", "1", "--lr", "5e-3"))
+    assert status == 2 and len(error_lines(err)) == 1
+    assert "--resume" in err and "--overwrite" in err and str(run) in err
+    assert (run / "last.pth").read_bytes() == before
+    status, err = cli(*argv_for(images, run, "--num_epochs", "1", "--overwrite"))
+    assert status == 0, err
+    assert log_steps(run) == [1, 2, 3] and torch.load(run / "last.pth", weights_only=True)["args"]["lr"] == 1e-3
+
+
+def test_the_lock_stops_a_second_live_run_and_dies_with_its_process(images, tmp_path, cli):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+                               "print('held', flush=True); time.sleep(120)", str(run / train.LOCK)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        status, err = cli(*argv_for(images, run, "--num_epochs", "1"))
+        assert status == 2 and "in use by another training run" in error_lines(err)[0]
+        assert not (run / "last.pth").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    status, err = cli(*argv_for(images, run, "--num_epochs", "1"))  # the lock file is left behind, but not held
+    assert status == 0, err
+
+
+def test_default_folder_is_a_new_one_under_runs_ignored_by_git(images, tmp_path, cli, monkeypatch):
+    if subprocess.run(["git", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("git not installed")
+    (tmp_path / ".gitignore").write_bytes((ROOT / ".gitignore").read_bytes())
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", ".gitignore"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in argv_for(images, "unused", "--num_epochs", "1", "--max_steps", "1") if a not in ("--snapshots_folder", "unused")]
+    status, err = cli(*argv)
+    assert status == 0, err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "last.pth").is_file() and (run / "loss_plot.png").is_file()
+    assert f"run folder {Path('runs') / run.name}" in err.splitlines()[-1]
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=tmp_path, capture_output=True, text=True).stdout == "A  .gitignore\n"
+
+
+@pytest.mark.parametrize("case", ["truncated", "empty", "foreign", "folder", "bare_weights", "missing"])
+def test_every_bad_resume_file_is_one_error_line_and_exit_2(images, tmp_path, cli, case):
+    run = tmp_path / "run"
+    if case == "truncated":
+        assert cli(*argv_for(images, run, "--num_epochs", "1", "--max_steps", "1"))[0] == 0
+        data = (run / "last.pth").read_bytes()
+        (run / "last.pth").write_bytes(data[:len(data) // 2])
+        path = run / "last.pth"
+    else:
+        path = tmp_path / "x.pth"
+        if case == "empty":
+            path.write_bytes(b"")
+        elif case == "foreign":
+            path.write_text("these are not the weights you are looking for")
+        elif case == "folder":
+            path.mkdir()
+        elif case == "bare_weights":
+            torch.save(EnhanceNet().state_dict(), path)
+    status, err = cli("--resume", str(path))
+    assert status == 2 and len(error_lines(err)) == 1 and str(path) in error_lines(err)[0], err
+
+
+def test_a_truncated_resume_file_from_the_command_line_is_one_line_and_no_traceback(images, tmp_path):
+    full = tmp_path / "full.pth"
+    torch.save({"model": EnhanceNet().state_dict(), "step": 1}, full)
+    truncated = tmp_path / "last.pth"
+    truncated.write_bytes(full.read_bytes()[:500])
+    r = run_process("--resume", str(truncated))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and str(truncated) in error_lines(r.stderr)[0]
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "pretrain_missing", "pretrain_wrong", "pretrain_truncated",
+                                  "pretrain_folder"])
+def test_bad_input_is_one_clear_line_and_exit_2(images, tmp_path, cli, case):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("x")
     tc = tmp_path / "tc.pth"
     torch.save(EnhanceNet(conv_type="tc").state_dict(), tc)
-    bare = tmp_path / "bare.pth"
-    torch.save(EnhanceNet().state_dict(), bare)
+    truncated = tmp_path / "trunc.pth"
+    truncated.write_bytes(tc.read_bytes()[:500])
     argv = {"empty": ["--lowlight_images_path", str(empty)],
             "missing": ["--lowlight_images_path", str(tmp_path / "nope")],
             "pretrain_missing": ["--load_pretrain", "--pretrain_dir", str(tmp_path / "nope.pth")],
             "pretrain_wrong": ["--load_pretrain", "True", "--pretrain_dir", str(tc)],
-            "resume_bare": ["--resume", str(bare)]}[case]
-    base = ["--lowlight_images_path", str(images), "--snapshots_folder", str(tmp_path / "out"), "--image_size", "32",
-            "--train_batch_size", "4", "--num_workers", "0", "--seg_weight", "0", "--num_epochs", "1"]
-    r = run_cli(*base, *argv)
-    assert r.returncode == 2, r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in r.stderr
+            "pretrain_truncated": ["--load_pretrain", "--pretrain_dir", str(truncated)],
+            "pretrain_folder": ["--load_pretrain", "--pretrain_dir", str(empty)]}[case]
+    status, err = cli(*argv_for(images, tmp_path / "out", "--num_epochs", "1"), *argv)
+    assert status == 2 and len(error_lines(err)) == 1
     assert {"empty": "no training images", "missing": "does not exist", "pretrain_missing": "nope.pth",
-            "pretrain_wrong": "tc.pth", "resume_bare": "bare.pth"}[case] in lines[0]
+            "pretrain_wrong": "tc.pth", "pretrain_truncated": "trunc.pth", "pretrain_folder": str(empty)}[case] in error_lines(err)[0]
+
+
+def test_bombs_empty_and_foreign_files_are_skipped_whatever_pillows_limit(images, monkeypatch):
+    from PIL import Image
+    for limit in (Image.MAX_IMAGE_PIXELS, None):  # Pillow's default raises DecompressionBombError; the scripts lift it
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        assert not header_is_readable(images / "bomb.png")
+        dataset = LowLightDataset(images, 32)
+        assert sorted(p.name for p in dataset.skipped) == ["bomb.png", "broken.jpg", "empty.png"] and len(dataset) == 12
+
+
+def test_a_truncated_image_is_replaced_by_the_next_with_a_warning(tmp_path):
+    for i in range(2):
+        Image.fromarray(np.full((40, 40, 3), 30 * (i + 1), np.uint8)).save(tmp_path / f"{i}.png")
+    data = (tmp_path / "0.png").read_bytes()
+    (tmp_path / "0.png").write_bytes(data[:len(data) // 2])
+    dataset = LowLightDataset(tmp_path, 16)
+    assert len(dataset) == 2  # its header is fine
+    with pytest.warns(UserWarning, match="0.png"):
+        image = dataset[0]
+    assert torch.allclose(image, torch.full((3, 16, 16), 60 / 255))
+
+
+def test_num_workers_fit_the_machine(images, tmp_path, capsys):
+    from enhance import available_cpus
+    cpus = available_cpus()
+    with train.Trainer(args_for(images, tmp_path / "a", "--num_workers", "auto")) as t:
+        assert t.data_loader.num_workers == max(0, min(4, cpus - 1))
+    with train.Trainer(args_for(images, tmp_path / "b", "--num_workers", str(cpus + 3))) as t:
+        assert t.data_loader.num_workers == cpus
+    assert f"lowered to {cpus}" in capsys.readouterr().err
+
+
+def test_semantic_branch_trains_with_a_fixed_segmentation_net(images, tmp_path):
+    args = args_for(images, tmp_path, "--num_epochs", "1", "--max_steps", "1", "--seg_weight", "0.1", "--seg_backbone", "random")
+    with train.Trainer(args) as t:
+        seg = t.criterion.seg_net
+        assert seg.batch_norm == "batch" and seg.training  # the official objective by default
+        seg_before = {k: v.clone() for k, v in seg.state_dict().items()}
+        t.train()
+        assert all(torch.equal(v, seg.state_dict()[k]) for k, v in seg_before.items())  # running stats included
+        assert {id(p) for g in t.optimizer.param_groups for p in g["params"]} == {id(p) for p in t.model_without_ddp.parameters()}
+    with open(tmp_path / "loss_log.csv", newline="") as f:
+        assert float(next(csv.DictReader(f))["seg"]) > 0
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(images, tmp_path, monkeypatch, capsys):
+    with train.Trainer(args_for(images, tmp_path, "--num_epochs", "3")) as t:
+        real_forward = t.criterion.forward
+        calls = {"n": 0}
+
+        def sometimes_nan(*a):
+            calls["n"] += 1
+            total, terms = real_forward(*a)
+            return (total * float("nan"), terms) if calls["n"] == 2 or calls["n"] >= 4 else (total, terms)
+
+        monkeypatch.setattr(t.criterion, "forward", sometimes_nan)
+        with pytest.raises(UserError, match="non-finite"):
+            t.train()
+        assert "step 2; step skipped" in capsys.readouterr().err
+        assert all(torch.isfinite(v).all() for v in t.model_without_ddp.state_dict().values())
+        assert t.position.step == 3 + train.MAX_BAD_STEPS_IN_A_ROW  # steps 4..8 bad in a row
+
+
+def test_flags_given_on_the_command_line_are_told_from_defaults():
+    p = get_train_parser()
+    assert p.parse_args([]).given == set()
+    assert p.parse_args(["--lr", "1e-4", "--no-amp", "--resume", "x"]).given == {"lr", "amp", "resume"}  # even at the default
+    assert p.parse_args(["--load_pretrain", "False"]).load_pretrain is False
+    assert p.parse_args(["--load_pretrain"]).load_pretrain is True
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_whole_batch(images, tmp_path):
@@ -142,10 +341,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_whole_batch(image
                         str(ROOT / "train.py"), *common, "--train_batch_size", "2", "--snapshots_folder", str(tmp_path / "ddp")],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    single = run_cli(*common, "--train_batch_size", "4", "--snapshots_folder", str(tmp_path / "one"), env=env)
+    assert sum(line.startswith("done:") for line in r.stderr.splitlines()) == 1  # rank 0 alone reports
+    single = run_process(*common, "--train_batch_size", "4", "--snapshots_folder", str(tmp_path / "one"), env=env)
     assert single.returncode == 0, single.stderr[-2000:]
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["Epoch0.pth", "last.pth", "loss_log.csv"]
-    a = torch.load(tmp_path / "ddp" / "Epoch0.pth", weights_only=True)
-    b = torch.load(tmp_path / "one" / "Epoch0.pth", weights_only=True)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
+        ".train.lock", "Epoch0.pth", "last.pth", "loss_log.csv", "loss_plot.png"]
+    assert_same_weights(tmp_path / "ddp" / "Epoch0.pth", tmp_path / "one" / "Epoch0.pth", atol=1e-5)
