@@ -144,24 +144,31 @@ def mean_abs_difference(a, b):
 @pytest.fixture(scope="module")
 def cpu_first_step(train_images, tmp_path_factory):
     """A batch and the CPU's fp32 loss on it, at the initial weights."""
-    cpu = train.Trainer(train_args(train_images, tmp_path_factory.mktemp("cpu_run"), "cpu"))
-    batch = next(iter(cpu.loader)).to(memory_format=torch.channels_last)
-    return batch, float(cpu.train_step(batch)[0]["total"])
+    with train.Trainer(train_args(train_images, tmp_path_factory.mktemp("cpu_run"), "cpu")) as cpu:
+        batch = next(iter(cpu.data_loader)).to(memory_format=torch.channels_last)
+        return batch, float(one_step(cpu, batch)[0]["total"])
+
+
+def one_step(trainer, images):
+    """train.train_step with the trainer's own model, loss, optimizer and scaler."""
+    return train.train_step(trainer.model, trainer.criterion, trainer.optimizer, trainer.scaler, images, trainer.device,
+                            trainer.args.amp, trainer.args.grad_clip_norm)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_training_steps_on_the_device_match_the_cpu(device, train_images, cpu_first_step, tmp_path, monkeypatch,
-                                                    precision):
+                                                    request, precision):
     skip_where_unsupported(device, precision)
     batch, cpu_loss = cpu_first_step
     if precision != "fp32":  # train.py picks bf16 where the GPU has it; fp16 + GradScaler is the older GPUs' path
         monkeypatch.setattr(train, "autocast_dtype", lambda _: AMP_DTYPES[precision])
     t = train.Trainer(train_args(train_images, tmp_path / "device", device, "--amp", str(precision != "fp32")))
+    request.addfinalizer(t.close)
     assert t.device.type == device.type and t.scaler.is_enabled() == (precision == "fp16" and device.type == "cuda")
     images = batch.to(t.device, memory_format=torch.channels_last)
     done = []
     for _ in range(20):  # fp16: the loss scaler skips steps (halving its scale) until the gradients fit
-        result = t.train_step(images)
+        result = one_step(t, images)
         done += [result] if result is not None else []
         if len(done) == 5:
             break
@@ -169,7 +176,7 @@ def test_training_steps_on_the_device_match_the_cpu(device, train_images, cpu_fi
     totals = [float(terms["total"]) for terms, _ in done]
     assert totals[0] == pytest.approx(cpu_loss, rel=1e-2)  # skipped steps change nothing: the same weights
     assert totals[-1] < totals[0]
-    assert all(torch.isfinite(p).all() for p in t.net.parameters())
+    assert all(torch.isfinite(p).all() for p in t.model_without_ddp.parameters())
     if t.scaler.is_enabled():
         assert 0 < t.scaler.get_scale() < float("inf")
 
@@ -178,12 +185,14 @@ def test_training_steps_on_the_device_match_the_cpu(device, train_images, cpu_fi
 def test_a_checkpoint_resumes_on_the_other_device(device, train_images, tmp_path, direction):
     first, second = (device, "cpu") if direction == "device_to_cpu" else ("cpu", device)
     common = ["--seg_weight", "0", "--num_epochs", "3"]  # 2 steps an epoch
-    train.Trainer(train_args(train_images, tmp_path / "straight", first, *common, "--max_steps", "5")).train()
-    train.Trainer(train_args(train_images, tmp_path / "split", first, *common, "--max_steps", "3")).train()
-    t = train.Trainer(train_args(train_images, tmp_path / "split", second, *common, "--max_steps", "5",
-                                 "--resume", str(tmp_path / "split" / "last.pth")))
-    assert t.device.type == torch.device(second).type and t.step == 3
-    t.train()
+    with train.Trainer(train_args(train_images, tmp_path / "straight", first, *common, "--max_steps", "5")) as t:
+        t.train()
+    with train.Trainer(train_args(train_images, tmp_path / "split", first, *common, "--max_steps", "3")) as t:
+        t.train()
+    with train.Trainer(train_args(train_images, tmp_path / "split", second, *common, "--max_steps", "5",
+                                  "--resume", str(tmp_path / "split" / "last.pth"))) as t:
+        assert t.device.type == torch.device(second).type and t.position.step == 3
+        t.train()
     split = torch.load(tmp_path / "split" / "last.pth", weights_only=True)
     straight = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
     assert split["step"] == 5 and all(int(s["step"]) == 5 for s in split["optimizer"]["state"].values())
@@ -203,9 +212,9 @@ from option import get_train_parser
 # One process: train.py itself only joins a process group for several (NCCL refuses two ranks on one GPU),
 # so join it here and wrap the net as train.Trainer does for several ranks.
 dist.init_process_group("nccl", device_id=torch.device("cuda", 0))
-trainer = train.Trainer(get_train_parser().parse_args(sys.argv[2:]))
-trainer.model = DistributedDataParallel(trainer.net, device_ids=[0])
-trainer.train()
+with train.Trainer(get_train_parser().parse_args(sys.argv[2:])) as trainer:
+    trainer.model = DistributedDataParallel(trainer.model_without_ddp, device_ids=[0])
+    trainer.train()
 print("backend", dist.get_backend(), "world size", dist.get_world_size())
 dist.destroy_process_group()
 """
@@ -227,9 +236,9 @@ def test_ddp_over_nccl(device, train_images, tmp_path):
                        cwd=ROOT, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert gpus >= 2 or "backend nccl world size 1" in r.stdout
-    single = train.Trainer(get_train_parser().parse_args([*common, "--train_batch_size", "2", "--snapshots_folder",
-                                                          str(tmp_path / "single")]))
-    single.train()
+    with train.Trainer(get_train_parser().parse_args([*common, "--train_batch_size", "2", "--snapshots_folder",
+                                                      str(tmp_path / "single")])) as single:
+        single.train()
     ddp = torch.load(tmp_path / "ddp" / "last.pth", weights_only=True)
     assert ddp["step"] == 2
-    assert mean_abs_difference(ddp["model"], single.net.state_dict()) < LR / 10
+    assert mean_abs_difference(ddp["model"], single.model_without_ddp.state_dict()) < LR / 10
