@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 import image_io
 import test as sgz_test  # the project's test.py (by module, so pytest does not collect Tester)
@@ -27,7 +27,9 @@ def weights(strong_weights):
 # ---------------------------------------------------------------------------------------------
 def run_main(argv, monkeypatch):
     """`python test.py argv` in this process: returns the exit status."""
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the script lifts it: restore after
+    # Process-wide settings the script makes: put back after the test.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", ImageFile.LOAD_TRUNCATED_IMAGES)  # --allow_corrupt
     return run_script(sgz_test.main, get_test_parser(), [str(a) for a in argv])
 
 
