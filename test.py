@@ -23,7 +23,7 @@ from tqdm import tqdm
 import image_io
 import model
 from enhance import Enhancer, available_cpus, thread_limits
-from option import EXIT_INTERRUPTED, EXIT_SOME_INPUTS_FAILED, UserError, get_test_parser, run_script
+from option import EXIT_INTERRUPTED, EXIT_SOME_INPUTS_FAILED, UserError, exit_now, get_test_parser, run_script
 
 
 @dataclass
@@ -207,4 +207,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(main, get_test_parser()))
+    exit_now(run_script(main, get_test_parser()))

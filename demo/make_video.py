@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from enhance import Enhancer, available_cpus, thread_limits
 from image_io import atomic_output, find_images, interrupt_on_sigterm, load_rgb, remove_stale_temporaries, write_image
-from option import UserError, get_video_parser, run_script
+from option import UserError, exit_now, get_video_parser, run_script
 
 FRAMES_IN_FLIGHT = 2  # frames being enhanced ahead of the encoder (each one a few MB at 1080p)
 
@@ -379,4 +379,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(main, get_video_parser()))
+    exit_now(run_script(main, get_video_parser()))
