@@ -214,13 +214,6 @@ def positive_finite(value):
     return x
 
 
-def non_negative_int(value):
-    n = int(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {value!r}")
-    return n
-
-
 def quality(value):
     q = int(value)
     if not 1 <= q <= 100:
