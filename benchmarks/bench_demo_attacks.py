@@ -19,7 +19,6 @@ import collections
 import http.client
 import io
 import json
-import os
 import re
 import socket
 import struct
