@@ -1,4 +1,5 @@
 """The training Dataset: low-light images as square float tensors (files are read by image_io)."""
+
 import warnings
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch.utils.data as data
 from PIL import Image
 
 from image_io import DEFAULT_MAX_PIXELS, find_images, load_rgb
-from option import UserError
+from runtime import UserError
 
 
 def header_is_readable(path, max_pixels=DEFAULT_MAX_PIXELS):

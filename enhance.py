@@ -12,18 +12,17 @@ curve applied a band of rows at a time, in place, straight into an output array 
 so a 100-megapixel photo needs no full-resolution float copy. Results equal the straightforward fp32
 computation to 1/255 (rounding ties aside).
 """
+
 import contextlib
-import os
 import threading
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import model
 from model import NUM_CURVE_STEPS
-from option import UserError
+from runtime import UserError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as OpenCV and Pillow turn RGB into grey
@@ -70,6 +69,7 @@ def row_upsampler(low_rows, height):
     def fill(top, bottom, out):
         lo, hi = first[top], last[bottom - 1] + 1
         return torch.mm(matrix[top:bottom, lo:hi], low_rows[lo:hi], out=out)
+
     return fill
 
 
@@ -122,6 +122,7 @@ def curve_rows_kernel():
     with _kernel_lock:
         if _compiled_kernel is None:
             import numba
+
             _compiled_kernel = numba.njit(nogil=True, cache=True, error_model="numpy")(curve_rows)
         return _compiled_kernel
 
@@ -129,8 +130,15 @@ def curve_rows_kernel():
 def warm_up_curve_kernel():
     """Load (or compile) the kernel for the common case, 8-bit RGB in and out, on a 1x1 image."""
     pixel = np.zeros((1, 3), np.uint8)
-    curve_rows_kernel()(pixel, np.zeros((1, 3), np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64),
-                        np.zeros(1, np.float32), 255.0, pixel)
+    curve_rows_kernel()(
+        pixel,
+        np.zeros((1, 3), np.float32),
+        np.zeros(1, np.int64),
+        np.zeros(1, np.int64),
+        np.zeros(1, np.float32),
+        255.0,
+        pixel,
+    )
 
 
 def apply_curve_cpu(rgb, curve_rows, out_rgb, full_scale, band_elements):
@@ -142,7 +150,9 @@ def apply_curve_cpu(rgb, curve_rows, out_rgb, full_scale, band_elements):
     first, second, weight = (t.numpy() for t in source_indices(curve_rows.shape[0], height, align_corners=True))
     low = curve_rows.reshape(curve_rows.shape[0], width * 3)
     if rgb.shape[2] == 3 and rgb.flags.c_contiguous and out_rgb.flags.c_contiguous:
-        curve_rows_kernel()(rgb.reshape(height, -1), low, first, second, weight, full_scale, out_rgb.reshape(height, -1))
+        curve_rows_kernel()(
+            rgb.reshape(height, -1), low, first, second, weight, full_scale, out_rgb.reshape(height, -1)
+        )
         return
     grey = out_rgb.ndim == 2
     band = max(1, min(height, band_elements // (width * 3)))
@@ -151,9 +161,10 @@ def apply_curve_cpu(rgb, curve_rows, out_rgb, full_scale, band_elements):
         bottom = min(top + band, height)
         src = np.ascontiguousarray(np.broadcast_to(rgb[top:bottom], (bottom - top, width, 3)))
         rows = slice(top, bottom)
-        curve_rows_kernel()(src.reshape(bottom - top, -1), low, first[rows], second[rows], weight[rows], full_scale,
-                          y[:bottom - top])
-        band_y = y[:bottom - top].reshape(bottom - top, width, 3)
+        curve_rows_kernel()(
+            src.reshape(bottom - top, -1), low, first[rows], second[rows], weight[rows], full_scale, y[: bottom - top]
+        )
+        band_y = y[: bottom - top].reshape(bottom - top, width, 3)
         if grey:
             out_rgb[rows] = band_y @ np.array(LUMA, np.float32)  # truncated, as y itself would be
         else:
@@ -175,30 +186,15 @@ def zero_negligible_weights_(net):
 
 
 def check_image_array(image):
-    if not (isinstance(image, np.ndarray) and image.dtype in (np.uint8, np.uint16)
-            and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)))):
-        raise ValueError(f"expected a uint8 or uint16 array HxW, HxWx3 or HxWx4; got "
-                         f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}")
-
-
-def available_cpus():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def thread_limits(torch_threads, opencv_threads):
-    """torch's and OpenCV's thread counts for a block, restored after it. Many images (or frames and an
-    encoder) at once want serial ops: an op split over threads waits at a barrier for all of them, and on
-    a busy machine that wait is a scheduler time slice (~10 ms) per op (4-200x slower here).
-    opencv_threads 0 runs each OpenCV call in its calling thread."""
-    old = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(torch_threads)
-    cv2.setNumThreads(opencv_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old[0])
-        cv2.setNumThreads(old[1])
+    if not (
+        isinstance(image, np.ndarray)
+        and image.dtype in (np.uint8, np.uint16)
+        and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)))
+    ):
+        raise ValueError(
+            f"expected a uint8 or uint16 array HxW, HxWx3 or HxWx4; got "
+            f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}"
+        )
 
 
 class Enhancer:
@@ -217,8 +213,10 @@ class Enhancer:
         self.net = model.load_enhance_net(weight_dir, scale_factor=1, device=self.device, conv_type=conv_type)
         self.net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         if not all(torch.isfinite(p).all() for p in self.net.parameters()):
-            raise UserError(f"{weight_dir} holds NaN or infinite weights (a diverged training run?); "
-                            "give other weights with --weight_dir")
+            raise UserError(
+                f"{weight_dir} holds NaN or infinite weights (a diverged training run?); "
+                "give other weights with --weight_dir"
+            )
         zero_negligible_weights_(self.net)
         self.band_elements = BAND_ELEMENTS["cpu" if self.device.type == "cpu" else "other"]
         if self.device.type == "cpu":
@@ -239,16 +237,22 @@ class Enhancer:
         with self.autocast():
             curve_map = self.net.curve_map_lowres(x).float()  # (1, 3, h, w)
         if not torch.isfinite(curve_map).all():  # the network's only output, checked where it is small
-            raise UserError("the network's output is not finite (NaN or infinity): the weights or --precision "
-                            "do not suit this image; try --precision fp32 or other weights")
+            raise UserError(
+                "the network's output is not finite (NaN or infinity): the weights or --precision "
+                "do not suit this image; try --precision fp32 or other weights"
+            )
         if strength != 1:
             curve_map = curve_map * strength
         if map_filter is not None:
             curve_map = map_filter(curve_map)
         curve_map = curve_map.clamp(-1, 1)  # keeps the curve inside [0, 1] (tanh already is; filters may not be)
         # Only the width changes (rows map to themselves); channels-last in, (h, W, 3) contiguous out.
-        wide = F.interpolate(curve_map.contiguous(memory_format=torch.channels_last), size=(h, width), mode="bilinear",
-                             align_corners=True)
+        wide = F.interpolate(
+            curve_map.contiguous(memory_format=torch.channels_last),
+            size=(h, width),
+            mode="bilinear",
+            align_corners=True,
+        )
         return wide[0].permute(1, 2, 0).contiguous()  # (h, W, 3)
 
     @torch.inference_mode()
@@ -271,8 +275,9 @@ class Enhancer:
         pixels = torch.from_numpy(np.ascontiguousarray(rgb) if self.device.type == "cpu" else rgb)
         if pixels.dtype == torch.uint16 and self.device.type != "cpu":
             pixels = pixels.int()  # uint16 has few kernels off the CPU
-        curve_rows = self.curve_map_rows(pixels.to(self.device), full_scale, scale_factor or self.scale_factor,
-                                         strength, map_filter)  # (h, W, 3)
+        curve_rows = self.curve_map_rows(
+            pixels.to(self.device), full_scale, scale_factor or self.scale_factor, strength, map_filter
+        )  # (h, W, 3)
         if self.device.type == "cpu":
             apply_curve_cpu(rgb, curve_rows.numpy(), out_rgb, full_scale, self.band_elements)
         else:
@@ -289,7 +294,7 @@ class Enhancer:
         out_rgb = torch.from_numpy(out_rgb)
         for top in range(0, height, band):
             bottom = min(top + band, height)
-            x, curve_map, *scratch = (b[:bottom - top] for b in buffers)  # (rows, W, 3) each
+            x, curve_map, *scratch = (b[: bottom - top] for b in buffers)  # (rows, W, 3) each
             fill_curve_map(top, bottom, out=curve_map.view(-1, width * 3))
             torch.div(rgb[top:bottom].expand(-1, -1, 3), full_scale, out=x)
             y = apply_curve_(x, curve_map, scratch, full_scale)

@@ -16,6 +16,7 @@ path without extension, so DICM/01.jpg meets DICM/01.png. For each image and fol
 Out: OUT_DIR/per_image.csv, summary.md and summary.json (means per folder and over all images), the
 summary on stdout, and with --grid one comparison picture per image plus a brightness histogram plot.
 """
+
 import csv
 import json
 import sys
@@ -31,15 +32,20 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
 import niqe
-from image_io import IMAGE_EXTENSIONS, atomic_output, find_images, read_image, write_image
+from image_io import IMAGE_EXTENSIONS, find_images, read_image, write_image
 from model import get_device
-from option import UserError, get_evaluate_parser, run_script
+from option import get_evaluate_parser
+from runtime import UserError, atomic_output, run_script
 
 INPUT, GT = "input", "ground truth"
 METRICS = {  # name: (column title, better when higher?, definition written to summary.json)
     "psnr": ("PSNR (dB)", True, "RGB in [0, 1], data_range 1, MSE over all pixels and channels (skimage)"),
-    "ssim": ("SSIM", True, "RGB in [0, 1], data_range 1, per channel then averaged; 11x11 Gaussian window, "
-                           "sigma 1.5, population covariance (Wang et al. 2004; skimage)"),
+    "ssim": (
+        "SSIM",
+        True,
+        "RGB in [0, 1], data_range 1, per channel then averaged; 11x11 Gaussian window, "
+        "sigma 1.5, population covariance (Wang et al. 2004; skimage)",
+    ),
     "lpips": ("LPIPS", False, "lpips package v0.1, AlexNet, inputs in [-1, 1]"),
     "niqe": ("NIQE", False, "MATLAB release (Mittal et al. 2013): rgb2gray, 96x96 blocks, its pristine model"),
     "brightness": ("brightness", None, "mean of 0.299 R + 0.587 G + 0.114 B as 8-bit levels (MATLAB rgb2gray) / 255"),
@@ -54,8 +60,9 @@ def source_folders(args):
     """{label: folder} in column order: inputs, methods, ground truth."""
     labels = args.labels or [Path(d).name or str(d) for d in args.pred_dir]
     if len(labels) != len(args.pred_dir):
-        raise UserError(f"--labels gives {len(labels)} names for {len(args.pred_dir)} --pred_dir folders; "
-                              "give one per folder")
+        raise UserError(
+            f"--labels gives {len(labels)} names for {len(args.pred_dir)} --pred_dir folders; give one per folder"
+        )
     if len(set(labels)) != len(labels) or {INPUT, GT} & set(labels):
         raise UserError(f"method names {labels} repeat or use '{INPUT}'/'{GT}'; name them with --labels")
     pairs = ([(INPUT, args.input_dir)] if args.input_dir else []) + list(zip(labels, args.pred_dir))
@@ -85,13 +92,18 @@ def match_images(folders):
     common = sorted(set.intersection(*(set(i) for i in indexes.values())))
     if not common:
         sample = ", ".join(f"{folders[label]}: {next(iter(i))}" for label, i in indexes.items())
-        raise UserError(f"no file name is in every folder (e.g. {sample}); files are matched by their path "
-                              "without extension, so mirror the folder trees")
+        raise UserError(
+            f"no file name is in every folder (e.g. {sample}); files are matched by their path "
+            "without extension, so mirror the folder trees"
+        )
     for label, index in indexes.items():
         extra = sorted(set(index) - set(common))
         if extra:
-            print(f"warning: {len(extra)} image(s) in {folders[label]} have no match in the other folders and are "
-                  f"left out: {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}", file=sys.stderr)
+            print(
+                f"warning: {len(extra)} image(s) in {folders[label]} have no match in the other folders and are "
+                f"left out: {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}",
+                file=sys.stderr,
+            )
     return common, indexes
 
 
@@ -116,8 +128,10 @@ def common_size(images, paths, crop):
         first = next(iter(sizes))
         other = next(label for label, size in sizes.items() if size != sizes[first])
         (h1, w1), (h2, w2) = sizes[first], sizes[other]
-        raise UserError(f"{paths[other]} is {w2}x{h2} but {paths[first]} is {w1}x{h1}; pass --crop to "
-                              "compare their common top-left region")
+        raise UserError(
+            f"{paths[other]} is {w2}x{h2} but {paths[first]} is {w1}x{h1}; pass --crop to "
+            "compare their common top-left region"
+        )
     h, w = min(s[0] for s in sizes.values()), min(s[1] for s in sizes.values())
     return {label: image[:h, :w] for label, image in images.items()}
 
@@ -128,8 +142,9 @@ def common_size(images, paths, crop):
 def psnr_ssim(pred, gt):
     with np.errstate(divide="ignore"):  # identical images: PSNR is inf
         psnr = peak_signal_noise_ratio(gt, pred, data_range=1.0)
-    ssim = structural_similarity(gt, pred, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False)
+    ssim = structural_similarity(
+        gt, pred, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
     return float(psnr), float(ssim)
 
 
@@ -142,10 +157,14 @@ def load_lpips(device):
         return None
     weights = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET
     if not weights.is_file():
-        print(f"note: LPIPS skipped: torchvision's AlexNet weights are not at {weights} (copy {ALEXNET} there; "
-              "nothing is downloaded)", file=sys.stderr)
+        print(
+            f"note: LPIPS skipped: torchvision's AlexNet weights are not at {weights} (copy {ALEXNET} there; "
+            "nothing is downloaded)",
+            file=sys.stderr,
+        )
         return None
     import torchvision
+
     alexnet = torchvision.models.alexnet()
     alexnet.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     with warnings.catch_warnings():  # lpips asks torchvision for a random AlexNet with the deprecated `pretrained=`
@@ -162,6 +181,7 @@ def load_lpips(device):
     def lpips_distance(pred, gt):
         with torch.inference_mode():
             return float(net(to_tensor(pred), to_tensor(gt)))
+
     return lpips_distance
 
 
@@ -255,8 +275,10 @@ def plot_brightness_histograms(histograms, summary, path):
     """One panel per folder: for every source, the distribution of pixel brightness over its images (each
     image weighs the same), labelled with the mean brightness of the summary."""
     import matplotlib  # here, not at the top: only --grid needs it, and it takes a while to import
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     folders = sorted({folder for _, folder in histograms})
     methods = list(dict.fromkeys(method for method, _ in histograms))
     entries = {(e["method"], e["folder"]): e for e in summary}
@@ -266,8 +288,12 @@ def plot_brightness_histograms(histograms, summary, path):
         for method in methods:
             entry = entries[(method, folder)]
             fraction = histograms[(method, folder)] / entry["images"]
-            ax.plot(levels, np.convolve(fraction, np.ones(5) / 5, mode="same"),  # 5-level moving average
-                    label=f"{method} (mean {entry['brightness']:.3f})", linestyle="--" if method == INPUT else "-")
+            ax.plot(
+                levels,
+                np.convolve(fraction, np.ones(5) / 5, mode="same"),  # 5-level moving average
+                label=f"{method} (mean {entry['brightness']:.3f})",
+                linestyle="--" if method == INPUT else "-",
+            )
         ax.set_title(f"{folder} ({entry['images']} images)")
         ax.set_xlabel("brightness Y'")
         ax.set_yscale("log")
@@ -299,8 +325,10 @@ def check_out_dir(out_dir, folders):
     out = out_dir.resolve()
     for folder in folders.values():
         if out == folder.resolve() or folder.resolve() in out.parents:
-            raise UserError(f"--out_dir {out_dir} lies inside {folder}: its pictures would be read as images "
-                                  "next time; choose another folder")
+            raise UserError(
+                f"--out_dir {out_dir} lies inside {folder}: its pictures would be read as images "
+                "next time; choose another folder"
+            )
 
 
 def evaluate(args):
@@ -311,8 +339,14 @@ def evaluate(args):
     keys, indexes = match_images(folders)
     compute_niqe = args.niqe and niqe_available()
     lpips_distance = load_lpips(get_device(args.device)) if args.gt_dir and args.lpips else None
-    metrics = [m for m in METRICS if m == "brightness" or (m == "niqe" and compute_niqe)
-               or (m in ("psnr", "ssim") and args.gt_dir) or (m == "lpips" and lpips_distance)]
+    metrics = [
+        m
+        for m in METRICS
+        if m == "brightness"
+        or (m == "niqe" and compute_niqe)
+        or (m in ("psnr", "ssim") and args.gt_dir)
+        or (m == "lpips" and lpips_distance)
+    ]
 
     rows, histograms = [], defaultdict(lambda: np.zeros(256))
     for key in tqdm(keys, desc="evaluating", unit="image"):
@@ -323,10 +357,22 @@ def evaluate(args):
         for label, rgb in images.items():
             row, gray = score(rgb, images[GT] if args.gt_dir and label != GT else None, compute_niqe, lpips_distance)
             if np.isnan(row.get("niqe", 0.0)):
-                print(f"note: NIQE is undefined for {paths[label]} (it needs two whole 96x96 blocks); "
-                      "left out of the means", file=sys.stderr)
-            rows.append({"method": label, "folder": folder, "image": key, "file": str(paths[label]),
-                         "width": rgb.shape[1], "height": rgb.shape[0], **row})
+                print(
+                    f"note: NIQE is undefined for {paths[label]} (it needs two whole 96x96 blocks); "
+                    "left out of the means",
+                    file=sys.stderr,
+                )
+            rows.append(
+                {
+                    "method": label,
+                    "folder": folder,
+                    "image": key,
+                    "file": str(paths[label]),
+                    "width": rgb.shape[1],
+                    "height": rgb.shape[0],
+                    **row,
+                }
+            )
             histograms[(label, folder)] += np.bincount(gray.astype(np.uint8).ravel(), minlength=256) / gray.size
             scored.append((caption(label, row), rgb))
         if args.grid:
@@ -336,8 +382,12 @@ def evaluate(args):
     table = markdown_table(summary, metrics)
     write_csv(rows, metrics, out_dir / "per_image.csv")
     write_text(table, out_dir / "summary.md")
-    settings = {"folders": {label: str(folder) for label, folder in folders.items()}, "crop": args.crop,
-                "images": len(keys), "metrics": {m: METRICS[m][2] for m in metrics}}
+    settings = {
+        "folders": {label: str(folder) for label, folder in folders.items()},
+        "crop": args.crop,
+        "images": len(keys),
+        "metrics": {m: METRICS[m][2] for m in metrics},
+    }
     write_text(json.dumps({"settings": settings, "summary": summary}, indent=2) + "\n", out_dir / "summary.json")
     if args.grid:
         plot_brightness_histograms(histograms, summary, out_dir / "brightness_histogram.png")

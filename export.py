@@ -10,6 +10,7 @@ bilinear 1/s copy (align_corners False) at exactly model.downscaled_size(H, W, s
 resized back (align_corners True), and the 8 curve steps written with multiplies and adds only. It computes
 what model.EnhanceNet(scale_factor=s) computes, at every size (the script checks it with ONNX Runtime).
 """
+
 import copy
 import sys
 import warnings
@@ -22,9 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import image_io
 import model
-from option import UserError, get_export_parser, run_script
+import runtime
+from option import get_export_parser
+from runtime import UserError, run_script
 
 INPUT_NAME, OUTPUT_NAME = "image", "enhanced"
 # A size that is a multiple of no usual scale factor and where H / 12 = 22.5 is a rounding tie.
@@ -56,8 +58,9 @@ class WholeEnhancement(nn.Module):
         s = self.scale_factor
         x = image
         if s != 1:
-            x = F.interpolate(image, size=(downscaled_side(h, s), downscaled_side(w, s)), mode="bilinear",
-                              align_corners=False)
+            x = F.interpolate(
+                image, size=(downscaled_side(h, s), downscaled_side(w, s)), mode="bilinear", align_corners=False
+            )
         curve_map = self.net.curve_map_lowres(x.to(self.network_dtype)).float()
         if s != 1:  # as model.EnhanceNet.upsample_curve_map, which compares sizes in Python and cannot be traced
             curve_map = F.interpolate(curve_map, size=(h, w), mode="bilinear", align_corners=True)
@@ -69,22 +72,33 @@ def export_onnx(net, path, opset=17, fp16=False, fixed_size=None):
     checked by the ONNX checker."""
     whole = WholeEnhancement(net, fixed_size, torch.float16 if fp16 else torch.float32).eval()
     example = torch.zeros(1, 3, *(fixed_size or CHECK_SIZE))
-    dynamic_axes = None if fixed_size else {name: {0: "batch", 2: "height", 3: "width"}
-                                            for name in (INPUT_NAME, OUTPUT_NAME)}
-    with image_io.atomic_output(path) as tmp:
+    dynamic_axes = (
+        None if fixed_size else {name: {0: "batch", 2: "height", 3: "width"} for name in (INPUT_NAME, OUTPUT_NAME)}
+    )
+    with runtime.atomic_output(path) as tmp:
         # The TorchScript exporter (deprecated since torch 2.9, hence the filter) records the integer size
         # arithmetic as plain ONNX ops and each resize as one Resize to a computed size: a small graph
         # that ONNX Runtime and OpenCV run at any size.
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(whole, (example,), str(tmp), dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes)
+            torch.onnx.export(
+                whole,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=dynamic_axes,
+            )
         graph = onnx.load(str(tmp))
-        graph.doc_string = ("SGZ low-light enhancement: image float32 (N, 3, H, W) RGB in [0, 1] -> enhanced, "
-                            "the same shape")
+        graph.doc_string = (
+            "SGZ low-light enhancement: image float32 (N, 3, H, W) RGB in [0, 1] -> enhanced, the same shape"
+        )
         graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 3  # the exporter leaves the channels unknown
-        onnx.helper.set_model_props(graph, {"scale_factor": str(net.scale_factor),
-                                            "network_dtype": "float16" if fp16 else "float32"})
+        onnx.helper.set_model_props(
+            graph, {"scale_factor": str(net.scale_factor), "network_dtype": "float16" if fp16 else "float32"}
+        )
         onnx.checker.check_model(graph, full_check=True)
         onnx.save(graph, str(tmp))
 
@@ -119,15 +133,21 @@ def largest_difference(path, net, size=CHECK_SIZE, seed=0):
 def main(args):
     output = Path(args.output)
     if output.is_dir():
-        raise UserError(f"--output {output} is a folder; give the path of the .onnx file to write, e.g. {output / 'sgz.onnx'}")
+        raise UserError(
+            f"--output {output} is a folder; give the path of the .onnx file to write, e.g. {output / 'sgz.onnx'}"
+        )
     net = model.load_enhance_net(args.weight_dir, scale_factor=args.scale_factor).eval()
     export_onnx(net, output, args.opset, args.fp16, args.fixed_size)
     size = args.fixed_size or CHECK_SIZE
     shape = f"({'N, 3, H, W' if args.fixed_size is None else f'1, 3, {size[0]}, {size[1]}'})"
-    print(f"wrote {output}: {INPUT_NAME} {shape} -> {OUTPUT_NAME}, scale factor {args.scale_factor}, "
-          f"opset {args.opset}, {'float16' if args.fp16 else 'float32'} network; ONNX checker passed")
-    print(f"largest |ONNX Runtime - PyTorch| on a random {size[0]}x{size[1]} image: "
-          f"{largest_difference(output, net, size):.2g}")
+    print(
+        f"wrote {output}: {INPUT_NAME} {shape} -> {OUTPUT_NAME}, scale factor {args.scale_factor}, "
+        f"opset {args.opset}, {'float16' if args.fp16 else 'float32'} network; ONNX checker passed"
+    )
+    print(
+        f"largest |ONNX Runtime - PyTorch| on a random {size[0]}x{size[1]} image: "
+        f"{largest_difference(output, net, size):.2g}"
+    )
     return 0
 
 

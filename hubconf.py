@@ -1,9 +1,10 @@
 """torch.hub entry points.
 
-    net = torch.hub.load("<owner>/<repo>", "sgz")                        # from GitHub (downloads the repository)
-    net = torch.hub.load("path/to/clone", "sgz", source="local")         # from a clone, offline
-    enhanced, curve_map = net(image)                                      # image (N, 3, H, W) RGB in [0, 1]
+net = torch.hub.load("<owner>/<repo>", "sgz")                        # from GitHub (downloads the repository)
+net = torch.hub.load("path/to/clone", "sgz", source="local")         # from a clone, offline
+enhanced, curve_map = net(image)                                      # image (N, 3, H, W) RGB in [0, 1]
 """
+
 from pathlib import Path
 
 import model

@@ -8,12 +8,10 @@ Libraries: OpenCV encodes and decodes the classic formats (the fast path), simpl
 (libjpeg-turbo, as fast as OpenCV, but it raises on libjpeg's "Corrupt JPEG data" warnings where OpenCV
 only prints them), Pillow reads the headers and metadata, decodes what OpenCV declines and writes
 WebP/TIFF/AVIF with metadata, and pillow-heif adds HEIC/HEIF to Pillow."""
+
 import collections
-import contextlib
 import io
 import os
-import secrets
-import signal
 import struct
 import zlib
 from pathlib import Path
@@ -24,12 +22,10 @@ import pillow_heif
 import simplejpeg
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError, features
 
-from option import UserError
+from runtime import UserError, atomic_output
 
 pillow_heif.register_heif_opener()  # HEIC/HEIF for Image.open and Image.save (AVIF is Pillow's own)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif", ".avif")
-TEMP_PREFIX = ".sgz-"  # every temporary file this project writes starts so (see temporary_name)
-TEMP_SUFFIX = ".tmp"
 
 
 def walk_files(root, loops=None):
@@ -65,79 +61,6 @@ def find_images(path, extensions=IMAGE_EXTENSIONS):
     if path.is_file():
         return [path]
     return [p for p in walk_files(path) if p.suffix.lower() in extensions]
-
-
-def temporary_name(path):
-    """`.sgz-<pid>-<random>.tmp<ext>`: a few bytes whatever the final name's length; the extension is kept
-    because some writers (FFmpeg) choose the format from it, the pid tells a dead writer's leftovers."""
-    suffix = path.suffix if len(path.suffix) <= 8 else ""
-    return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}{suffix}")
-
-
-def is_stale_temporary(path):
-    """A temporary file of ours whose writing process (on this machine) is gone."""
-    name = path.name
-    if not (name.startswith(TEMP_PREFIX) and TEMP_SUFFIX in name):
-        return False
-    pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive, owned by someone else
-        return False
-    return False
-
-
-def remove_stale_temporaries(folders):
-    """Delete the temporary files that killed runs of ours left in `folders` (a write between its temporary
-    file and its rename, killed with SIGKILL or by a power cut). Returns how many."""
-    removed = 0
-    for folder in folders:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            for entry in os.scandir(folder):
-                if is_stale_temporary(Path(entry.path)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-                        removed += 1
-    return removed
-
-
-def interrupt_on_sigterm():
-    """SIGTERM (kill, a scheduler's time limit) ends a script as Ctrl-C does, so that atomic_output removes
-    its temporary file (SIGKILL cannot be caught: remove_stale_temporaries clears up after it)."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
-@contextlib.contextmanager
-def atomic_output(path):
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step, on failure (an
-    error, Ctrl-C, SIGTERM turned into an exception) it is removed. A reader never sees a half-written
-    file and an old file survives a crash. The temporary name is short (see temporary_name), so any name
-    the file system takes works, and recognisable, so remove_stale_temporaries clears what SIGKILL left."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            tmp = temporary_name(path)
-            try:  # 0o666 less the umask: the mode of any new file (mkstemp's would be private, 0o600)
-                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-                break
-            except FileExistsError:
-                continue
-    except OSError as e:  # a read-only or missing folder, a file where a folder should be: the user's to fix
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_rgb(source):
@@ -193,6 +116,8 @@ def output_extension(src, output_format="same"):
     if not can_write(ext.lower()):
         raise UserError(f"this installation cannot write {ext} files; choose another --output_format")
     return ext
+
+
 TIFF_BITS_PER_SAMPLE, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 258, 322, 323
 PNG_BIT_DEPTH_OFFSET = 24  # signature (8), IHDR length and type (8), width and height (8)
 
@@ -216,14 +141,14 @@ def carried_exif(im, orientation):
     raw = im.info.get("exif")
     if not raw or im.format == "TIFF":
         return None
-    raw = raw[len(EXIF_HEADER):] if raw.startswith(EXIF_HEADER) else raw
+    raw = raw[len(EXIF_HEADER) :] if raw.startswith(EXIF_HEADER) else raw
     try:
         exif = im.getexif()
         if exif.get(EXIF_ORIENTATION, 1) == 1 and orientation == 1 and not exif.get_ifd(ExifTags.IFD.IFD1):
             return raw
         if EXIF_ORIENTATION in exif:
             exif[EXIF_ORIENTATION] = 1
-        return exif.tobytes()[len(EXIF_HEADER):]  # Pillow writes no IFD1: the thumbnail goes
+        return exif.tobytes()[len(EXIF_HEADER) :]  # Pillow writes no IFD1: the thumbnail goes
     except Exception:  # a damaged EXIF block is left behind rather than failing the photo
         return None
 
@@ -232,8 +157,11 @@ def carried_metadata(im, orientation):
     """What the output keeps of an opened image's metadata: {"exif", "icc_profile", "xmp"} (bytes; absent
     keys: nothing). The ICC profile and XMP go unchanged: SGZ works on the encoded values, as the
     paper's code does, so the profile still says how to show them."""
-    metadata = {"exif": carried_exif(im, orientation), "icc_profile": im.info.get("icc_profile"),
-                "xmp": im.info.get("xmp")}
+    metadata = {
+        "exif": carried_exif(im, orientation),
+        "icc_profile": im.info.get("icc_profile"),
+        "xmp": im.info.get("xmp"),
+    }
     if isinstance(metadata["xmp"], str):
         metadata["xmp"] = metadata["xmp"].encode()
     return {key: value for key, value in metadata.items() if value}
@@ -257,8 +185,10 @@ def check_jpeg_size(data, width, height, name):
     small for the size its header declares is truncated or forged (libjpeg would fill it with grey)."""
     blocks = -(-width // 8) * -(-height // 8)
     if len(data) * 8 < blocks:
-        raise UserError(f"{name}: its {len(data)} bytes cannot hold the {width}x{height} pixels its header "
-                        "declares (truncated or forged); not decoded")
+        raise UserError(
+            f"{name}: its {len(data)} bytes cannot hold the {width}x{height} pixels its header "
+            "declares (truncated or forged); not decoded"
+        )
 
 
 def decode_jpeg(data, name, strict):
@@ -349,8 +279,10 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
     except (OSError, SyntaxError, ValueError, RuntimeError) as e:  # RuntimeError: libheif's
         raise UserError(f"{name}: not a readable image ({e})") from None
     if w * h > max_pixels:
-        raise UserError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
-                             f"{max_pixels / 1e6:.0f} (a decompression bomb?); raise --max_mpix if the image is genuine")
+        raise UserError(
+            f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
+            f"{max_pixels / 1e6:.0f} (a decompression bomb?); raise --max_mpix if the image is genuine"
+        )
     image = None
     if image_format in ("JPEG", "MPO"):
         if strict:
@@ -362,8 +294,9 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # 1.3-4x faster than Pillow
         if image is not None:
             if image.ndim == 3:
-                image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA,
-                                     dst=image)
+                image = cv2.cvtColor(
+                    image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA, dst=image
+                )
             if orientation != 1:  # IMREAD_UNCHANGED leaves it to us
                 image = np.ascontiguousarray(ORIENTATION_TRANSFORMS[orientation](image))
     if image is None:
@@ -399,8 +332,10 @@ def encoder_params(ext, jpeg_quality):
 
 def jpeg_segments(metadata):
     """APP1 (EXIF, XMP) and APP2 (ICC profile, in chunks of at most 65519 bytes) segments."""
+
     def segment(marker, payload):
         return b"\xff" + marker + struct.pack(">H", len(payload) + 2) + payload if len(payload) <= 65533 else b""
+
     out = b""
     if "exif" in metadata:
         out += segment(b"\xe1", EXIF_HEADER + metadata["exif"])
@@ -408,7 +343,7 @@ def jpeg_segments(metadata):
         out += segment(b"\xe1", b"http://ns.adobe.com/xap/1.0/\x00" + metadata["xmp"])
     if "icc_profile" in metadata:
         icc = metadata["icc_profile"]
-        chunks = [icc[i:i + 65519] for i in range(0, len(icc), 65519)]
+        chunks = [icc[i : i + 65519] for i in range(0, len(icc), 65519)]
         for number, chunk in enumerate(chunks, 1):
             out += segment(b"\xe2", b"ICC_PROFILE\x00" + bytes([number, len(chunks)]) + chunk)
     return out
@@ -416,8 +351,10 @@ def jpeg_segments(metadata):
 
 def png_chunks(metadata):
     """iCCP, eXIf and iTXt (XMP) chunks, as the PNG specification lays them out."""
+
     def chunk(kind, payload):
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
     out = b""
     if "icc_profile" in metadata:
         out += chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(metadata["icc_profile"]))

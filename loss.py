@@ -4,14 +4,23 @@ Each loss matches the official `Myloss.py` / `modeling/fpn.py` numerically (test
 with one deliberate fix: the colour loss has an eps under its square root, so its gradient is
 finite on a perfectly grey image (the official one is NaN there).
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # The eight neighbour offsets (dy, dx) of the spatial-consistency loss and their weights:
 # the four direct neighbours count 1, the four diagonal ones 0.5 (official L_spa8).
-NEIGHBOURS = [((0, -1), 1.0), ((0, 1), 1.0), ((-1, 0), 1.0), ((1, 0), 1.0),
-              ((-1, -1), 0.5), ((-1, 1), 0.5), ((1, -1), 0.5), ((1, 1), 0.5)]
+NEIGHBOURS = [
+    ((0, -1), 1.0),
+    ((0, 1), 1.0),
+    ((-1, 0), 1.0),
+    ((1, 0), 1.0),
+    ((-1, -1), 0.5),
+    ((-1, 1), 0.5),
+    ((1, -1), 0.5),
+    ((1, 1), 0.5),
+]
 
 
 class ColorConstancyLoss(nn.Module):
@@ -24,7 +33,7 @@ class ColorConstancyLoss(nn.Module):
     def forward(self, x):
         mr, mg, mb = x.mean(dim=(2, 3), keepdim=True).split(1, dim=1)
         d_rg, d_rb, d_gb = (mr - mg) ** 2, (mr - mb) ** 2, (mb - mg) ** 2
-        return torch.sqrt(d_rg ** 2 + d_rb ** 2 + d_gb ** 2 + self.eps)
+        return torch.sqrt(d_rg**2 + d_rb**2 + d_gb**2 + self.eps)
 
 
 class SpatialConsistencyLoss(nn.Module):
@@ -97,11 +106,27 @@ class SGZLoss(nn.Module):
     left out (and its net never run) when `seg_net` is None or its weight is 0.
     """
 
-    def __init__(self, seg_net=None, tv_weight=1600.0, spa_weight=1.0, color_weight=5.0, exp_weight=10.0,
-                 seg_weight=0.1, patch_size=4, exp_level=0.6, exp_patch=16, focal_gamma=2.0):
+    def __init__(
+        self,
+        seg_net=None,
+        tv_weight=1600.0,
+        spa_weight=1.0,
+        color_weight=5.0,
+        exp_weight=10.0,
+        seg_weight=0.1,
+        patch_size=4,
+        exp_level=0.6,
+        exp_patch=16,
+        focal_gamma=2.0,
+    ):
         super().__init__()
-        self.weights = {"tv": tv_weight, "spa": spa_weight, "color": color_weight, "exp": exp_weight,
-                        "seg": seg_weight if seg_net is not None else 0.0}
+        self.weights = {
+            "tv": tv_weight,
+            "spa": spa_weight,
+            "color": color_weight,
+            "exp": exp_weight,
+            "seg": seg_weight if seg_net is not None else 0.0,
+        }
         self.tv = IlluminationSmoothnessLoss()
         self.spa = SpatialConsistencyLoss(patch_size)
         self.color = ColorConstancyLoss()

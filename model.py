@@ -10,9 +10,8 @@ Read top to bottom:
 State-dict keys are the official ones (`e_conv{1..7}.depth_conv|point_conv.weight|bias`, or
 `e_conv{i}.conv.*` for plain convs), so weights move both ways between this code and the paper's.
 """
-import contextlib
+
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from option import UserError
+from runtime import UserError, socket_timeout
 
 NUM_FEATURES = 32
 NUM_CURVE_STEPS = 8
@@ -106,8 +105,7 @@ class EnhanceNet(nn.Module):
         if self.scale_factor != 1:
             # Official: F.interpolate(x, scale_factor=1/s, mode='bilinear'); the same sampling
             # where s divides H and W, and defined for every other size too.
-            x = F.interpolate(x, size=downscaled_size(h, w, self.scale_factor), mode="bilinear",
-                              align_corners=False)
+            x = F.interpolate(x, size=downscaled_size(h, w, self.scale_factor), mode="bilinear", align_corners=False)
         x1 = F.relu(self.e_conv1(x))
         x2 = F.relu(self.e_conv2(x1))
         x3 = F.relu(self.e_conv3(x2))
@@ -153,7 +151,7 @@ def _state_dict_from_file(path):
     # Checkpoints saved from DataParallel/DDP or torch.compile carry a prefix on every key.
     for prefix in ("module.", "_orig_mod."):
         if obj and all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix):]: v for k, v in obj.items()}
+            obj = {k[len(prefix) :]: v for k, v in obj.items()}
     return obj
 
 
@@ -218,17 +216,6 @@ class FPNHead(nn.Module):
         return self.classify(features)  # (B, num_classes, H/4, W/4)
 
 
-@contextlib.contextmanager
-def socket_timeout(seconds):
-    """The process's default socket timeout for a block (torch.hub's download sets none), restored after it."""
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
 def load_imagenet_resnet50(source="imagenet", download_timeout=20.0):
     """A torchvision ResNet-50 with the backbone weights the official code uses.
 
@@ -247,7 +234,9 @@ def load_imagenet_resnet50(source="imagenet", download_timeout=20.0):
         try:
             model.load_state_dict(state_dict, strict=True)
         except RuntimeError as e:
-            raise UserError(f"{source} is not a torchvision ResNet-50 state_dict: {' '.join(str(e).split())[:200]}") from None
+            raise UserError(
+                f"{source} is not a torchvision ResNet-50 state_dict: {' '.join(str(e).split())[:200]}"
+            ) from None
         return model, f"local file {source}"
     weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
@@ -255,9 +244,12 @@ def load_imagenet_resnet50(source="imagenet", download_timeout=20.0):
         with socket_timeout(download_timeout):  # a blocked network must fail, not hang
             state_dict = weights.get_state_dict(progress=False, check_hash=True)
     except Exception as e:
-        print(f"warning: ImageNet ResNet-50 weights unavailable ({type(e).__name__}); the segmentation backbone is "
-              f"randomly initialised. To use them offline, put {os.path.basename(weights.url)} in "
-              f"{cached.parent} or pass --seg_backbone PATH.", file=sys.stderr)
+        print(
+            f"warning: ImageNet ResNet-50 weights unavailable ({type(e).__name__}); the segmentation backbone is "
+            f"randomly initialised. To use them offline, put {os.path.basename(weights.url)} in "
+            f"{cached.parent} or pass --seg_backbone PATH.",
+            file=sys.stderr,
+        )
         return model, "random initialisation (ImageNet weights unavailable offline)"
     model.load_state_dict(state_dict)
     return model, "torchvision ResNet50_Weights.IMAGENET1K_V1"

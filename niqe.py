@@ -10,8 +10,9 @@ The pristine model (36-d mean, 36x36 covariance) is the one shipped with the MAT
 the copy that the `basicsr` package installs (basicsr/metrics/niqe_pris_params.npz); nothing is
 downloaded. basicsr is located, never imported (1.4.2 does not import with torchvision >= 0.17).
 """
+
 import importlib.util
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ BLOCK_SIZE = 96  # the release's block size, the one its pristine model was fitt
 # MATLAB rgb2gray: the luma row of the inverse NTSC (YIQ) transform.
 RGB2GRAY = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
 # MATLAB fspecial('gaussian', 7, 7/6), normalised; it is separable, so it is applied as two 1-D passes.
-_g = np.exp(-np.arange(-3, 4) ** 2 / (2 * (7 / 6) ** 2))
+_g = np.exp(-(np.arange(-3, 4) ** 2) / (2 * (7 / 6) ** 2))
 GAUSSIAN_7 = _g / _g.sum()
 # estimateaggdparam.m's search grid for the AGGD shape and its ratio function.
 AGGD_SHAPES = np.arange(0.2, 10.001, 0.001)
@@ -35,7 +36,7 @@ class NIQEUnavailable(RuntimeError):
     """The pristine model's parameters are not installed."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def pristine_model():
     """(mean (36,), covariance (36, 36)) of the MATLAB release's pristine model."""
     spec = importlib.util.find_spec("basicsr")  # finds the package without running its __init__
@@ -55,8 +56,9 @@ def rgb_to_matlab_gray(rgb):
 def _cubic(x):
     """MATLAB imresize's bicubic kernel (Keys, a = -0.5)."""
     ax = np.abs(x)
-    return ((1.5 * ax ** 3 - 2.5 * ax ** 2 + 1) * (ax <= 1)
-            + (-0.5 * ax ** 3 + 2.5 * ax ** 2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2)))
+    return (1.5 * ax**3 - 2.5 * ax**2 + 1) * (ax <= 1) + (-0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2) * (
+        (ax > 1) & (ax <= 2)
+    )
 
 
 def _resize_weights(in_len, scale):
@@ -88,8 +90,10 @@ def imresize_matlab(image, scale):
 
 def mscn(image):
     """Mean-subtracted contrast-normalised coefficients (computequality.m's `structdis`)."""
+
     def blur(x):
         return correlate1d(correlate1d(x, GAUSSIAN_7, axis=0, mode="nearest"), GAUSSIAN_7, axis=1, mode="nearest")
+
     mu = blur(image)
     sigma = np.sqrt(np.abs(blur(image * image) - mu * mu))
     coefficients = (image - mu) / (sigma + 1)
@@ -118,7 +122,7 @@ def aggd_fit(x):
         right_std = np.sqrt((sq * positive).sum(1) / positive.sum(1))
         g = left_std / right_std
         r_hat = np.abs(x).mean(1) ** 2 / sq.mean(1)
-        r_norm = r_hat * (g ** 3 + 1) * (g + 1) / (g ** 2 + 1) ** 2
+        r_norm = r_hat * (g**3 + 1) * (g + 1) / (g**2 + 1) ** 2
     alpha = nearest_shape(r_norm)
     scale = np.sqrt(gamma(1 / alpha) / gamma(3 / alpha))
     return alpha, left_std * scale, right_std * scale
@@ -150,7 +154,7 @@ def niqe(gray):
     rows, cols = gray.shape[0] // BLOCK_SIZE, gray.shape[1] // BLOCK_SIZE
     if rows * cols < 2:
         return float("nan")
-    image = gray[:rows * BLOCK_SIZE, :cols * BLOCK_SIZE]
+    image = gray[: rows * BLOCK_SIZE, : cols * BLOCK_SIZE]
     features = []
     for scale in (1, 2):
         features.append(block_features(to_blocks(mscn(image), BLOCK_SIZE // scale)))

@@ -8,6 +8,7 @@ enhanced images out, each exactly the size, bit depth and alpha of its input.
 The enhancement itself is enhance.Enhancer; this script finds the files, plans where each result goes,
 and decodes, enhances and encodes whole images in parallel threads (OpenCV and torch release the GIL).
 """
+
 import os
 import shutil
 import sys
@@ -22,8 +23,18 @@ from tqdm import tqdm
 
 import image_io
 import model
-from enhance import Enhancer, available_cpus, thread_limits
-from option import EXIT_INTERRUPTED, EXIT_SOME_INPUTS_FAILED, UserError, exit_now, get_test_parser, run_script
+import runtime
+from enhance import Enhancer
+from option import get_test_parser
+from runtime import (
+    EXIT_INTERRUPTED,
+    EXIT_SOME_INPUTS_FAILED,
+    UserError,
+    available_cpus,
+    exit_now,
+    run_script,
+    thread_limits,
+)
 
 
 @dataclass
@@ -53,9 +64,12 @@ def plan_outputs(input_path, output_dir, output_format="same"):
         # Results of an earlier run into a folder inside this one are not inputs (the folder itself is: see below).
         outputs = out_root.resolve() if out_root.resolve() != root.resolve() else None
         loops = []
-        files = [p for p in image_io.walk_files(root, loops)
-                 if not any(part.startswith(".") for part in p.relative_to(root).parts)
-                 and outputs not in p.resolve().parents]
+        files = [
+            p
+            for p in image_io.walk_files(root, loops)
+            if not any(part.startswith(".") for part in p.relative_to(root).parts)
+            and outputs not in p.resolve().parents
+        ]
         images = [p for p in files if p.suffix.lower() in image_io.IMAGE_EXTENSIONS]
         skipped = [(p, "not an image file") for p in files if p.suffix.lower() not in image_io.IMAGE_EXTENSIONS]
         skipped += [(link, f"a link back to {target} (a loop), not followed") for link, target in loops]
@@ -69,8 +83,10 @@ def plan_outputs(input_path, output_dir, output_format="same"):
         if dst.resolve() in inputs:
             raise UserError(f"writing {dst} would overwrite an input image; choose another --test_dir")
         if dst in destinations:
-            raise UserError(f"{destinations[dst]} and {src} would both be written to {dst}; "
-                            "rename one or choose another --output_format")
+            raise UserError(
+                f"{destinations[dst]} and {src} would both be written to {dst}; "
+                "rename one or choose another --output_format"
+            )
         destinations[dst] = src
     return jobs, skipped
 
@@ -95,12 +111,13 @@ def check_output_folder(jobs, out_root):
     out_root = Path(out_root)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
-        probe = image_io.temporary_name(out_root / "probe")
+        probe = runtime.temporary_name(out_root / "probe")
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as e:
-        raise UserError(f"cannot write into the output folder {out_root}: {e.strerror or e}; "
-                        "choose another --test_dir") from None
+        raise UserError(
+            f"cannot write into the output folder {out_root}: {e.strerror or e}; choose another --test_dir"
+        ) from None
     try:
         name_max = os.pathconf(out_root, "PC_NAME_MAX")
     except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or a file system that does not say
@@ -108,20 +125,33 @@ def check_output_folder(jobs, out_root):
     for _, dst in jobs:
         for part in dst.relative_to(out_root).parts:
             if len(os.fsencode(part)) > name_max:
-                raise UserError(f"{dst}: the name '{part[:40]}...' has {len(os.fsencode(part))} bytes, more than the "
-                                f"{name_max} the output folder's file system allows; shorten it")
+                raise UserError(
+                    f"{dst}: the name '{part[:40]}...' has {len(os.fsencode(part))} bytes, more than the "
+                    f"{name_max} the output folder's file system allows; shorten it"
+                )
     needed = sum(estimated_output_bytes(src, dst) for src, dst in jobs)
     free = shutil.disk_usage(out_root).free
     if needed > free:
-        raise UserError(f"{out_root} has {free / 1e6:.0f} MB free, and the outputs need about {needed / 1e6:.0f} MB; "
-                        "free some space or choose another --test_dir")
+        raise UserError(
+            f"{out_root} has {free / 1e6:.0f} MB free, and the outputs need about {needed / 1e6:.0f} MB; "
+            "free some space or choose another --test_dir"
+        )
 
 
 class Tester:
     """An Enhancer applied to files (enhance_file) and folders (run), as `python test.py` does."""
 
-    def __init__(self, weight_dir="weight/sgz.pth", scale_factor=12, device="auto", precision="fp32", conv_type=None,
-                 max_pixels=image_io.DEFAULT_MAX_PIXELS, quality=95, allow_corrupt=False):
+    def __init__(
+        self,
+        weight_dir="weight/sgz.pth",
+        scale_factor=12,
+        device="auto",
+        precision="fp32",
+        conv_type=None,
+        max_pixels=image_io.DEFAULT_MAX_PIXELS,
+        quality=95,
+        allow_corrupt=False,
+    ):
         self.enhancer = Enhancer(weight_dir, scale_factor, device, precision, conv_type)
         self.max_pixels, self.quality, self.allow_corrupt = max_pixels, quality, allow_corrupt
 
@@ -141,7 +171,7 @@ class Tester:
         is a bug and stops the run. Returns a RunSummary."""
         jobs, skipped = plan_outputs(input_path, output_dir, output_format)
         check_output_folder(jobs, output_dir)
-        image_io.remove_stale_temporaries({dst.parent for _, dst in jobs})
+        runtime.remove_stale_temporaries({dst.parent for _, dst in jobs})
         summary = RunSummary(skipped=skipped if rank == 0 else [])
         for path, why in summary.skipped:
             tqdm.write(f"skipping {path}: {why}", file=sys.stderr)
@@ -149,8 +179,11 @@ class Tester:
         workers = max(1, min(workers or available_cpus(), len(jobs)))
         start = time.perf_counter()
         # Parallel images, serial ops (see thread_limits).
-        with thread_limits(torch_threads=1, opencv_threads=0), ThreadPoolExecutor(workers) as pool, \
-                tqdm(total=len(jobs), unit="img", disable=None if progress else True, file=sys.stderr) as bar:
+        with (
+            thread_limits(torch_threads=1, opencv_threads=0),
+            ThreadPoolExecutor(workers) as pool,
+            tqdm(total=len(jobs), unit="img", disable=None if progress else True, file=sys.stderr) as bar,
+        ):
             futures = {pool.submit(self.enhance_file, src, dst): src for src, dst in jobs}
             try:
                 for future in as_completed(futures):
@@ -163,7 +196,9 @@ class Tester:
                         summary.failed.append((src, reason))
                         tqdm.write(f"error: {reason if str(src) in reason else f'{src}: {reason}'}", file=sys.stderr)
                     bar.update()
-            except BaseException:  # Ctrl-C, SIGTERM or a bug: finish the images in flight (their writes are atomic), start no more
+            except (
+                BaseException
+            ):  # Ctrl-C, SIGTERM or a bug: finish the images in flight (their writes are atomic), start no more
                 for future in futures:
                     future.cancel()
                 raise
@@ -184,24 +219,42 @@ def local_device(name):
 def main(args):
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     workers = args.workers or max(1, available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    tester = Tester(args.weight_dir, args.scale_factor, local_device(args.device), args.precision,
-                    max_pixels=args.max_mpix * 1e6, quality=args.quality, allow_corrupt=args.allow_corrupt)
+    tester = Tester(
+        args.weight_dir,
+        args.scale_factor,
+        local_device(args.device),
+        args.precision,
+        max_pixels=args.max_mpix * 1e6,
+        quality=args.quality,
+        allow_corrupt=args.allow_corrupt,
+    )
     if args.allow_corrupt:  # Pillow's decoders too (a process-wide switch; the JPEG decoder takes it per call)
         ImageFile.LOAD_TRUNCATED_IMAGES = True
-    image_io.interrupt_on_sigterm()
+    runtime.interrupt_on_sigterm()
     try:
-        summary = tester.run(args.input_dir, args.test_dir, workers=workers, rank=rank, world_size=world_size,
-                             output_format=args.output_format)
+        summary = tester.run(
+            args.input_dir,
+            args.test_dir,
+            workers=workers,
+            rank=rank,
+            world_size=world_size,
+            output_format=args.output_format,
+        )
     except KeyboardInterrupt:
         print("interrupted: the images already written are complete, the others were not started", file=sys.stderr)
         return EXIT_INTERRUPTED
     shard = f"[rank {rank}/{world_size}] " if world_size > 1 else ""
-    print(f"{shard}{summary.images} images, {summary.megapixels:.1f} megapixels in {summary.seconds:.2f} s "
-          f"-> {args.test_dir}")
+    print(
+        f"{shard}{summary.images} images, {summary.megapixels:.1f} megapixels in {summary.seconds:.2f} s "
+        f"-> {args.test_dir}"
+    )
     if summary.failed:
-        print(f"{shard}error: {len(summary.failed)} of {summary.images + len(summary.failed)} images failed: "
-              + ", ".join(str(path) for path, _ in summary.failed[:5]) + (" ..." if len(summary.failed) > 5 else ""),
-              file=sys.stderr)
+        print(
+            f"{shard}error: {len(summary.failed)} of {summary.images + len(summary.failed)} images failed: "
+            + ", ".join(str(path) for path, _ in summary.failed[:5])
+            + (" ..." if len(summary.failed) > 5 else ""),
+            file=sys.stderr,
+        )
         return EXIT_SOME_INPUTS_FAILED
     return 0
 

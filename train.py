@@ -13,6 +13,7 @@ A run lives in one folder (rank 0 writes, each file atomically): `EpochN.pth` is
 state_dict (the format the paper's code and ours exchange); `last.pth` holds everything `--resume` needs
 (model, optimizer, loss scaler, position, args, RNG states); `loss_log.csv` and `loss_plot.png` the losses.
 """
+
 import csv
 import hashlib
 import os
@@ -33,11 +34,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from dataloader import LowLightDataset
-from enhance import available_cpus
-from image_io import atomic_output
 from loss import SGZLoss
 from model import EnhanceNet, SegmentationNet, get_device, load_enhance_net
-from option import EXIT_INTERRUPTED, UserError, get_train_parser, run_script
+from option import get_train_parser
+from runtime import EXIT_INTERRUPTED, UserError, atomic_output, available_cpus, run_script
 
 MAX_BAD_STEPS_IN_A_ROW = 5
 LOG_COLUMNS = ["epoch", "step", "total", "tv", "spa", "color", "exp", "seg", "grad_norm", "images_per_s"]
@@ -107,8 +107,11 @@ def autocast_context(device, enabled):
 def rng_state():
     # numpy's state as plain lists: checkpoints must load with weights_only=True.
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -138,7 +141,7 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self):
         indices = list(super().__iter__())
-        return iter(indices[self.start_batch * self.batch_size:])
+        return iter(indices[self.start_batch * self.batch_size :])
 
     def __len__(self):
         return max(0, super().__len__() - self.start_batch * self.batch_size)
@@ -150,6 +153,7 @@ class ResumableSampler(DistributedSampler):
 @dataclass
 class Position:
     """Where a run is; `--resume` restores it. Skipped (non-finite) steps count as steps."""
+
     epoch: int = 0  # epochs completed
     step: int = 0  # steps done in all
     batch_in_epoch: int = 0  # steps done in the current epoch
@@ -170,17 +174,22 @@ def load_run_checkpoint(path):
     """A full training checkpoint (last.pth) as a dict; anything else is a UserError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--resume {path}: {'is a folder, not' if path.is_dir() else 'not found; give'} "
-                        f"the run's last.pth")
+        raise UserError(
+            f"--resume {path}: {'is a folder, not' if path.is_dir() else 'not found; give'} the run's last.pth"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, empty, foreign: pickle, zip and format errors all mean "not a checkpoint"
         first_sentence = (str(e).splitlines() or [""])[0].split(". ")[0][:200]
-        raise UserError(f"--resume {path} is not a readable PyTorch checkpoint ({type(e).__name__}: {first_sentence})") from None
+        raise UserError(
+            f"--resume {path} is not a readable PyTorch checkpoint ({type(e).__name__}: {first_sentence})"
+        ) from None
     needed = {"model", "optimizer", "scaler", "epoch", "step", "batch_in_epoch", "args", "rng"}
     if not isinstance(ckpt, dict) or not needed <= set(ckpt):
-        raise UserError(f"--resume {path} is not a full training checkpoint (last.pth); for bare weights "
-                        "start a new run with --load_pretrain --pretrain_dir")
+        raise UserError(
+            f"--resume {path} is not a full training checkpoint (last.pth); for bare weights "
+            "start a new run with --load_pretrain --pretrain_dir"
+        )
     return ckpt
 
 
@@ -197,8 +206,10 @@ def resumed_args(args, ckpt):
             merged[name] = old
         elif value != old:
             if name in FIXED_ON_RESUME:
-                raise UserError(f"--{name} cannot change when resuming ({FIXED_ON_RESUME[name]}; the run has {old}): "
-                                f"drop the flag, or start a new run from the weights with --load_pretrain --pretrain_dir")
+                raise UserError(
+                    f"--{name} cannot change when resuming ({FIXED_ON_RESUME[name]}; the run has {old}): "
+                    f"drop the flag, or start a new run from the weights with --load_pretrain --pretrain_dir"
+                )
             overrides.append(f"--{name} {value} (was {old})")
     if "snapshots_folder" not in args.given:
         merged["snapshots_folder"] = str(Path(args.resume).parent)
@@ -221,16 +232,20 @@ def claim_run_folder(folder, resume_from, overwrite):
         lock = FileLock(folder / LOCK, timeout=0)
         lock.acquire()
     except Timeout:
-        raise UserError(f"{folder} is in use by another training run that is still going (it holds "
-                        f"{folder / LOCK}); wait for it to end, or choose another --snapshots_folder") from None
+        raise UserError(
+            f"{folder} is in use by another training run that is still going (it holds "
+            f"{folder / LOCK}); wait for it to end, or choose another --snapshots_folder"
+        ) from None
     except OSError as e:
         raise UserError(f"cannot use {folder} as the run folder: {e.strerror or e}") from None
     continuing = resume_from and Path(resume_from).parent.resolve() == folder.resolve()
     if not continuing and holds_a_run(folder):
         if not overwrite:
             lock.release()
-            raise UserError(f"{folder} already holds a training run; continue it with --resume {folder / LAST}, choose "
-                            "another --snapshots_folder, or pass --overwrite to delete its checkpoints and log")
+            raise UserError(
+                f"{folder} already holds a training run; continue it with --resume {folder / LAST}, choose "
+                "another --snapshots_folder, or pass --overwrite to delete its checkpoints and log"
+            )
         for old in [folder / LAST, folder / LOG, folder / PLOT, *folder.glob("Epoch*.pth")]:
             old.unlink(missing_ok=True)
     return lock
@@ -246,10 +261,20 @@ def save_checkpoint(folder, model_without_ddp, optimizer, scaler, position, args
     """last.pth with the whole state, and the network alone as EpochN.pth (rank 0 only)."""
     if not is_main_process():
         return
-    weights = {k: v.contiguous() for k, v in model_without_ddp.state_dict().items()}  # the exchange format: plain layout
+    weights = {
+        k: v.contiguous() for k, v in model_without_ddp.state_dict().items()
+    }  # the exchange format: plain layout
     saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in NOT_RESTORED}
-    full = {"model": weights, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), **asdict(position),
-            "args": saved_args, "world_size": world_size, "dataset": fingerprint, "rng": rng_state()}
+    full = {
+        "model": weights,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        **asdict(position),
+        "args": saved_args,
+        "world_size": world_size,
+        "dataset": fingerprint,
+        "rng": rng_state(),
+    }
     with atomic_output(folder / LAST) as tmp:
         torch.save(full, tmp)
     with atomic_output(folder / f"Epoch{position.weights_epoch}.pth") as tmp:
@@ -272,7 +297,7 @@ class LossLog:
             writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        self.file = open(path, "a", newline="")
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the whole run, closed by close())
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_COLUMNS, extrasaction="ignore")
 
     def write(self, **row):
@@ -298,7 +323,9 @@ def write_loss_plot(log_path, plot_path):
     for name in ("total", "tv", "spa", "color", "exp", "seg"):
         values = [float(r[name]) if r[name] else float("nan") for r in rows]
         if any(v > 0 for v in values):
-            ax.plot(steps, values, label=name, linewidth=2 if name == "total" else 1, marker="." if len(rows) < 50 else None)
+            ax.plot(
+                steps, values, label=name, linewidth=2 if name == "total" else 1, marker="." if len(rows) < 50 else None
+            )
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("weighted loss")
@@ -316,8 +343,15 @@ class Progress:
     def __init__(self, folder, position, total_steps, args, images_per_step, resuming):
         self.folder, self.args, self.images_per_step = folder, args, images_per_step
         self.active = is_main_process()
-        self.bar = tqdm(total=total_steps, initial=position.step, disable=not self.active, unit="step",
-                        desc=self.description(position), dynamic_ncols=True, file=sys.stderr)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=position.step,
+            disable=not self.active,
+            unit="step",
+            desc=self.description(position),
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         self.log = LossLog(folder / LOG, position.step if resuming else None) if self.active else None
         self.last_row_time, self.last_row_step = time.perf_counter(), position.step
         self.start_time, self.start_step = time.perf_counter(), position.step
@@ -337,8 +371,13 @@ class Progress:
                 now = time.perf_counter()
                 speed = (position.step - self.last_row_step) * self.images_per_step / (now - self.last_row_time)
                 self.last_row_time, self.last_row_step = now, position.step
-                self.log.write(epoch=position.weights_epoch, step=position.step, grad_norm=float(grad_norm),
-                               images_per_s=round(speed, 3), **values)
+                self.log.write(
+                    epoch=position.weights_epoch,
+                    step=position.step,
+                    grad_norm=float(grad_norm),
+                    images_per_s=round(speed, 3),
+                    **values,
+                )
         self.bar.set_description(self.description(position), refresh=False)
         self.bar.update(1)
         if self.active and saved and (position.batch_in_epoch == 0 or stopping):
@@ -359,13 +398,17 @@ class Progress:
         loss = f"{self.last_loss:.5f}" if self.last_loss is not None else "n/a (no step run)"
         f = self.folder
         if position.step == self.start_step:
-            return (f"nothing to do: the run in {f} has reached its --num_epochs {self.args.num_epochs}"
-                    f"{f' or --max_steps {self.args.max_steps}' if self.args.max_steps else ''} (step {position.step}); "
-                    f"resume with a larger one to continue")
+            return (
+                f"nothing to do: the run in {f} has reached its --num_epochs {self.args.num_epochs}"
+                f"{f' or --max_steps {self.args.max_steps}' if self.args.max_steps else ''} (step {position.step}); "
+                f"resume with a larger one to continue"
+            )
         weights = f / f"Epoch{max(position.weights_epoch, 0)}.pth"
-        return (f"done: {position.epoch} of {self.args.num_epochs} epochs complete, step {position.step} "
-                f"({position.step - self.start_step} in this session, {took}), final loss {loss}; run folder {f}: "
-                f"weights {weights}, resumable state {f / LAST}, losses {f / LOG} and {f / PLOT}")
+        return (
+            f"done: {position.epoch} of {self.args.num_epochs} epochs complete, step {position.step} "
+            f"({position.step - self.start_step} in this session, {took}), final loss {loss}; run folder {f}: "
+            f"weights {weights}, resumable state {f / LAST}, losses {f / LOG} and {f / PLOT}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,12 +456,26 @@ class SkippedSteps:
         if skipped:
             self.progress.warn(f"warning: non-finite loss or gradient at step {step}; step skipped")
         if self.in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
-            raise UserError(f"{self.in_a_row} non-finite steps in a row at step {step}: lower --lr or check the "
-                            f"input images; the last good state is in {self.folder / LAST}")
+            raise UserError(
+                f"{self.in_a_row} non-finite steps in a row at step {step}: lower --lr or check the "
+                f"input images; the last good state is in {self.folder / LAST}"
+            )
 
 
-def train_one_epoch(model, criterion, optimizer, scaler, data_loader, device, position, steps_per_epoch, args,
-                    progress, skipped_steps, save):
+def train_one_epoch(
+    model,
+    criterion,
+    optimizer,
+    scaler,
+    data_loader,
+    device,
+    position,
+    steps_per_epoch,
+    args,
+    progress,
+    skipped_steps,
+    save,
+):
     """The rest of the current epoch from `position` (advanced in place); `save()` writes the
     checkpoints. Returns True when the run must stop."""
     model.train()
@@ -457,16 +514,20 @@ class Trainer:
         if ckpt:
             args, overrides = resumed_args(args, ckpt)
             if ckpt.get("world_size", 1) != self.world_size:
-                raise UserError(f"{args.resume} was trained by {ckpt.get('world_size', 1)} processes, not "
-                                f"{self.world_size}: the position inside an epoch depends on it")
+                raise UserError(
+                    f"{args.resume} was trained by {ckpt.get('world_size', 1)} processes, not "
+                    f"{self.world_size}: the position inside an epoch depends on it"
+                )
         self.args = args
         self.folder = Path(args.snapshots_folder or from_main_process(default_run_folder()))
         args.snapshots_folder = str(self.folder)
         if is_main_process():
             self.lock = claim_run_folder(self.folder, args.resume, args.overwrite)
             if ckpt:
-                self.log(f"resuming {args.resume} at epoch {ckpt['epoch']}, step {ckpt['step']}, into {self.folder}"
-                         + (f"; overriding the saved settings: {overrides}" if overrides else ""))
+                self.log(
+                    f"resuming {args.resume} at epoch {ckpt['epoch']}, step {ckpt['step']}, into {self.folder}"
+                    + (f"; overriding the saved settings: {overrides}" if overrides else "")
+                )
             else:
                 self.log(f"run folder: {self.folder}")
         torch.manual_seed(args.seed)
@@ -474,27 +535,46 @@ class Trainer:
         self.dataset = self.build_dataset()
         self.fingerprint = dataset_fingerprint(self.dataset)
         if ckpt and ckpt.get("dataset", self.fingerprint) != self.fingerprint:
-            raise UserError(f"the images under {args.lowlight_images_path} ({len(self.dataset)}) are not those the run "
-                            f"{args.resume} trained on: the position inside an epoch would point at other images")
-        self.sampler = ResumableSampler(self.dataset, args.train_batch_size, num_replicas=self.world_size,
-                                        rank=self.rank, seed=args.seed, drop_last=True)
+            raise UserError(
+                f"the images under {args.lowlight_images_path} ({len(self.dataset)}) are not those the run "
+                f"{args.resume} trained on: the position inside an epoch would point at other images"
+            )
+        self.sampler = ResumableSampler(
+            self.dataset,
+            args.train_batch_size,
+            num_replicas=self.world_size,
+            rank=self.rank,
+            seed=args.seed,
+            drop_last=True,
+        )
         num_workers = self.num_workers()
-        self.data_loader = DataLoader(self.dataset, batch_size=args.train_batch_size, sampler=self.sampler,
-                                      num_workers=num_workers, pin_memory=self.device.type == "cuda",
-                                      drop_last=True, persistent_workers=num_workers > 0)
+        self.data_loader = DataLoader(
+            self.dataset,
+            batch_size=args.train_batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=num_workers > 0,
+        )
         self.steps_per_epoch = len(self.dataset) // self.world_size // args.train_batch_size
         if self.steps_per_epoch == 0:
-            raise UserError(f"{len(self.dataset)} images in {args.lowlight_images_path} are fewer than one batch of "
-                            f"{args.train_batch_size} per process; lower --train_batch_size")
+            raise UserError(
+                f"{len(self.dataset)} images in {args.lowlight_images_path} are fewer than one batch of "
+                f"{args.train_batch_size} per process; lower --train_batch_size"
+            )
 
         # channels-last makes the depthwise-separable convs 2.5x faster on CPU (benchmarks/bench_train.py)
         self.model_without_ddp = self.build_network(ckpt).to(self.device, memory_format=torch.channels_last)
         self.model = self.model_without_ddp
         if self.world_size > 1:
-            self.model = DistributedDataParallel(self.model_without_ddp,
-                                                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model = DistributedDataParallel(
+                self.model_without_ddp, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.criterion = self.build_criterion()
-        self.optimizer = torch.optim.Adam(self.model_without_ddp.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.optimizer = torch.optim.Adam(
+            self.model_without_ddp.parameters(), lr=args.lr, weight_decay=args.weight_decay
+        )
         use_scaler = args.amp and self.device.type == "cuda" and autocast_dtype(self.device) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.position = Position()
@@ -523,7 +603,9 @@ class Trainer:
             self.log(f"skipped {len(dataset.skipped)} unreadable file(s) under {root}, e.g. {dataset.skipped[0]}")
         if len(dataset) == 0:
             raise UserError(f"no training images found under {root} (looked for jpg, png, bmp, tif, webp)")
-        self.log(f"{len(dataset)} training images from {root}, resized to {self.args.image_size}x{self.args.image_size}")
+        self.log(
+            f"{len(dataset)} training images from {root}, resized to {self.args.image_size}x{self.args.image_size}"
+        )
         return dataset
 
     def build_network(self, ckpt):
@@ -531,7 +613,9 @@ class Trainer:
         if args.load_pretrain and not ckpt:
             net = load_enhance_net(args.pretrain_dir, scale_factor=args.scale_factor)
             if net.conv_type != args.conv_type:
-                raise UserError(f"{args.pretrain_dir} holds a '{net.conv_type}' network but --conv_type is '{args.conv_type}'")
+                raise UserError(
+                    f"{args.pretrain_dir} holds a '{net.conv_type}' network but --conv_type is '{args.conv_type}'"
+                )
             self.log(f"starting from {args.pretrain_dir}")
             return net
         return EnhanceNet(scale_factor=args.scale_factor, conv_type=args.conv_type)
@@ -542,19 +626,30 @@ class Trainer:
         if args.seg_weight > 0:
             seg_net = SegmentationNet(args.num_of_SegClass, backbone=args.seg_backbone, batch_norm=args.seg_bn)
             seg_net = seg_net.to(self.device, memory_format=torch.channels_last)
-            self.log(f"segmentation net: {seg_net.backbone_source}, BatchNorm with "
-                     + ("batch statistics (the official objective)" if args.seg_bn == "batch" else "frozen statistics"))
-        return SGZLoss(seg_net, tv_weight=args.tv_weight, spa_weight=args.spa_weight, color_weight=args.color_weight,
-                       exp_weight=args.exp_weight, seg_weight=args.seg_weight, patch_size=args.patch_size,
-                       exp_level=args.exp_level).to(self.device)
+            self.log(
+                f"segmentation net: {seg_net.backbone_source}, BatchNorm with "
+                + ("batch statistics (the official objective)" if args.seg_bn == "batch" else "frozen statistics")
+            )
+        return SGZLoss(
+            seg_net,
+            tv_weight=args.tv_weight,
+            spa_weight=args.spa_weight,
+            color_weight=args.color_weight,
+            exp_weight=args.exp_weight,
+            seg_weight=args.seg_weight,
+            patch_size=args.patch_size,
+            exp_level=args.exp_level,
+        ).to(self.device)
 
     def restore(self, ckpt):
         try:
             self.model_without_ddp.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
-            raise UserError(f"--resume {self.args.resume} does not fit this network "
-                            f"(--conv_type {self.args.conv_type}): {str(e).splitlines()[0][:200]}") from None
+            raise UserError(
+                f"--resume {self.args.resume} does not fit this network "
+                f"(--conv_type {self.args.conv_type}): {str(e).splitlines()[0][:200]}"
+            ) from None
         for group in self.optimizer.param_groups:  # the settings (saved, or given now) decide from here on
             group["lr"], group["weight_decay"] = self.args.lr, self.args.weight_decay
         if ckpt["scaler"] and self.scaler.is_enabled():
@@ -563,8 +658,16 @@ class Trainer:
         set_rng_state(ckpt["rng"])
 
     def save(self):
-        save_checkpoint(self.folder, self.model_without_ddp, self.optimizer, self.scaler, self.position, self.args,
-                        self.world_size, self.fingerprint)
+        save_checkpoint(
+            self.folder,
+            self.model_without_ddp,
+            self.optimizer,
+            self.scaler,
+            self.position,
+            self.args,
+            self.world_size,
+            self.fingerprint,
+        )
 
     def planned_steps(self):
         steps = self.args.num_epochs * self.steps_per_epoch
@@ -573,16 +676,33 @@ class Trainer:
     def train(self):
         """Epochs until the last one or --max_steps, then the closing line (rank 0)."""
         args, position = self.args, self.position
-        progress = Progress(self.folder, position, self.planned_steps(), args,
-                            args.train_batch_size * self.world_size, resuming=bool(args.resume))
+        progress = Progress(
+            self.folder,
+            position,
+            self.planned_steps(),
+            args,
+            args.train_batch_size * self.world_size,
+            resuming=bool(args.resume),
+        )
         skipped_steps = SkippedSteps(progress, self.folder)
         try:
             stop = next_action(position, args)[1]  # a resumed run may have nothing left to do
             while not stop:
                 self.sampler.set_position(position.epoch, position.batch_in_epoch)
-                stop = train_one_epoch(self.model, self.criterion, self.optimizer, self.scaler, self.data_loader,
-                                       self.device, position, self.steps_per_epoch, args, progress, skipped_steps,
-                                       self.save)
+                stop = train_one_epoch(
+                    self.model,
+                    self.criterion,
+                    self.optimizer,
+                    self.scaler,
+                    self.data_loader,
+                    self.device,
+                    position,
+                    self.steps_per_epoch,
+                    args,
+                    progress,
+                    skipped_steps,
+                    self.save,
+                )
         finally:
             progress.close()
         if dist.is_initialized():

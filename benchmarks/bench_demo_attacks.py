@@ -14,6 +14,7 @@ free port, and stopped at the end. Every attack is bounded in requests and time;
 then a normal photo is enhanced. Prints the server's peak RSS (VmHWM), status counts and latencies, and
 whether each of the issue's bars is met.
 """
+
 import argparse
 import collections
 import http.client
@@ -46,9 +47,22 @@ REQUEST_TIMEOUT_S = 300  # a 40 MP photo takes 1-2 minutes on a busy 2-core mach
 # The server and what it costs
 # ---------------------------------------------------------------------------------------------
 def start_demo(weight_dir, extra):
-    process = subprocess.Popen([sys.executable, str(ROOT / "demo" / "app.py"), "--port", "0", "--device", "cpu",
-                                "--weight_dir", weight_dir, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "demo" / "app.py"),
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+            "--weight_dir",
+            weight_dir,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     for line in process.stdout:
         if match := re.search(r"http://[\d.]+:(\d+)", line):
@@ -71,7 +85,8 @@ def rss_mb(pid, peak=False):
         return proc_status(pid, "VmHWM" if peak else "VmRSS") / 1024
     except (OSError, AttributeError):  # not Linux: psutil samples the current size only
         import psutil
-        return psutil.Process(pid).memory_info().rss / 2 ** 20
+
+        return psutil.Process(pid).memory_info().rss / 2**20
 
 
 def threads_of(pid):
@@ -79,6 +94,7 @@ def threads_of(pid):
         return proc_status(pid, "Threads")
     except (OSError, AttributeError):
         import psutil
+
         return psutil.Process(pid).num_threads()
 
 
@@ -155,8 +171,12 @@ def zero_png(width=6300, height=6300, rgba16=True):
     depth, colour_type, pixel_bytes = (16, 6, 8) if rgba16 else (8, 2, 3)
     compressor, row = zlib.compressobj(9), bytes(1 + width * pixel_bytes)  # filter byte 0, then the samples
     idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0))
-            + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0))
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def tiled_tiff(size, tile):
@@ -164,10 +184,23 @@ def tiled_tiff(size, tile):
     larger than the image, and decoders allocate the whole tile)."""
     compressor, row = zlib.compressobj(9), bytes(tile * 3)
     pixels = b"".join(compressor.compress(row) for _ in range(tile)) + compressor.flush()
-    tags = [(256, 4, size), (257, 4, size), (258, 3, 8), (259, 3, 8), (262, 3, 2), (277, 3, 3), (284, 3, 1),
-            (322, 4, tile), (323, 4, tile), (324, 4, 8 + 2 + 12 * 11 + 4), (325, 4, len(pixels))]
-    ifd = b"".join(struct.pack("<HHII", tag, kind, 1, value) if kind == 4 else struct.pack("<HHIHH", tag, kind, 1, value, 0)
-                   for tag, kind, value in tags)
+    tags = [
+        (256, 4, size),
+        (257, 4, size),
+        (258, 3, 8),
+        (259, 3, 8),
+        (262, 3, 2),
+        (277, 3, 3),
+        (284, 3, 1),
+        (322, 4, tile),
+        (323, 4, tile),
+        (324, 4, 8 + 2 + 12 * 11 + 4),
+        (325, 4, len(pixels)),
+    ]
+    ifd = b"".join(
+        struct.pack("<HHII", tag, kind, 1, value) if kind == 4 else struct.pack("<HHIHH", tag, kind, 1, value, 0)
+        for tag, kind, value in tags
+    )
     return struct.pack("<2sHIH", b"II", 42, 8, len(tags)) + ifd + struct.pack("<I", 0) + pixels
 
 
@@ -183,7 +216,7 @@ class BitWriter:
         bits = self.bits + [1] * (-len(self.bits) % 8)
         out = bytearray()
         for i in range(0, len(bits), 8):
-            out.append(int("".join(map(str, bits[i:i + 8])), 2))
+            out.append(int("".join(map(str, bits[i : i + 8])), 2))
             if out[-1] == 0xFF:
                 out.append(0)
         return bytes(out)
@@ -235,8 +268,9 @@ def chunked_hang_up(port):
 def upload_flood(port, body, total, at_once):
     """`total` uploads of body, `at_once` at a time; [(status, seconds, reason)]."""
     with ThreadPoolExecutor(at_once) as pool:
-        return list(pool.map(lambda _: request(port, "POST", "/api/enhance?scale_factor=12&name=zero.png", body),
-                             range(total)))
+        return list(
+            pool.map(lambda _: request(port, "POST", "/api/enhance?scale_factor=12&name=zero.png", body), range(total))
+        )
 
 
 def idle_connections(port, count):
@@ -290,9 +324,11 @@ def main():
     started = time.monotonic()
     cv2.imdecode(np.frombuffer(sample_bomb, np.uint8), cv2.IMREAD_UNCHANGED)
     per_scan = (time.monotonic() - started) / 200
-    print(f"  PNG bomb {len(zero) / 1e6:.2f} MB (6300x6300 16-bit RGBA); scan bomb {len(bomb) / 1e6:.2f} MB "
-          f"({args.scans} scans, 6296x6296): OpenCV here decodes a 200-scan version at {per_scan * 1e3:.1f} ms a scan, "
-          f"so ~{per_scan * args.scans:.0f} s for this one")
+    print(
+        f"  PNG bomb {len(zero) / 1e6:.2f} MB (6300x6300 16-bit RGBA); scan bomb {len(bomb) / 1e6:.2f} MB "
+        f"({args.scans} scans, 6296x6296): OpenCV here decodes a 200-scan version at {per_scan * 1e3:.1f} ms a scan, "
+        f"so ~{per_scan * args.scans:.0f} s for this one"
+    )
 
     process, port = start_demo(args.weight_dir, args.demo_args)
     pid = process.pid
@@ -317,8 +353,10 @@ def main():
         timer.stop()
         counts, seconds, reasons = summary(results)
         peak = max(rss_mb(pid, peak=True), monitor.peak)
-        print(f"  {elapsed:.1f} s; statuses {dict(counts)}; latency min {seconds[0]:.2f} s, median "
-              f"{seconds[len(seconds) // 2]:.2f} s, max {seconds[-1]:.2f} s")
+        print(
+            f"  {elapsed:.1f} s; statuses {dict(counts)}; latency min {seconds[0]:.2f} s, median "
+            f"{seconds[len(seconds) // 2]:.2f} s, max {seconds[-1]:.2f} s"
+        )
         for reason, n in reasons.items():
             print(f"  {n} x {reason}")
         print(f"  GET /: {len(timer.times)} served, max {max(timer.times, default=0):.3f} s, failures {timer.failures}")
@@ -343,15 +381,20 @@ def main():
         visitor = request(port, "POST", "/api/enhance?name=cat.jpg", photo, timeout=60)
         print(f"  server threads {before} before, {during} with the idle connections open")
         print(f"  GET / {page[0]} in {page[1]:.3f} s; a photo enhanced: {visitor[0]} in {visitor[1]:.2f} s")
-        bars["4. idle connections hold no threads and starve no one"] = (during <= before and page[0] == 200
-                                                                        and page[1] <= 2 and visitor[0] == 200)
+        bars["4. idle connections hold no threads and starve no one"] = (
+            during <= before and page[0] == 200 and page[1] <= 2 and visitor[0] == 200
+        )
         closed_after = wait_closed(sockets, opened, deadline_s=90)
-        print(f"  the server closed {len(closed_after)} of {len(sockets)} idle connections, the last "
-              f"{max(closed_after, default=0):.0f} s after they opened")
+        print(
+            f"  the server closed {len(closed_after)} of {len(sockets)} idle connections, the last "
+            f"{max(closed_after, default=0):.0f} s after they opened"
+        )
         for s in sockets:
             s.close()
 
-        print("\n5. small files that need gigabytes: a 20,000,000 x 2 PNG, a 100 x 100 TIFF in one 16,000 x 16,000 tile")
+        print(
+            "\n5. small files that need gigabytes: a 20,000,000 x 2 PNG, a 100 x 100 TIFF in one 16,000 x 16,000 tile"
+        )
         for name, body in (("wide.png", wide), ("tiled.tif", tiled)):
             status, seconds, reason = request(port, "POST", f"/api/enhance?name={name}", body)
             print(f"  {name} ({len(body) / 1e6:.2f} MB): {status} in {seconds:.2f} s: {reason}")

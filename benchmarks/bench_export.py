@@ -15,6 +15,7 @@ runs (interleaved, after an untimed warm-up). Outputs are compared with PyTorch'
     python benchmarks/bench_export.py                                # $SGZ_SHARED or ../shared/data/test_data/real
     python benchmarks/bench_export.py --repeat 5 --threads 0         # every core
 """
+
 import argparse
 import os
 import statistics
@@ -33,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 import export  # noqa: E402
 import image_io  # noqa: E402
 import model  # noqa: E402
-from enhance import Enhancer, available_cpus, thread_limits  # noqa: E402
+from enhance import Enhancer  # noqa: E402
+from runtime import available_cpus, thread_limits
 
 SIZES = {"1080p": (1080, 1920), "4K": (2160, 3840)}
 
@@ -41,8 +43,11 @@ SIZES = {"1080p": (1080, 1920), "4K": (2160, 3840)}
 def get_bench_parser():
     shared = Path(os.environ.get("SGZ_SHARED", ROOT.parent / "shared"))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input_dir", default=str(shared / "data" / "test_data" / "real"),
-                   help="photos; those of exactly 1920x1080 and 3840x2160 (landscape) are used")
+    p.add_argument(
+        "--input_dir",
+        default=str(shared / "data" / "test_data" / "real"),
+        help="photos; those of exactly 1920x1080 and 3840x2160 (landscape) are used",
+    )
     p.add_argument("--weight_dir", default=str(ROOT / "weight" / "sgz.pth"))
     p.add_argument("--repeat", type=int, default=3, help="runs over the photos (interleaved); medians reported")
     p.add_argument("--photos", type=int, default=4, help="photos of each size at most")
@@ -122,26 +127,39 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "sgz.onnx"
         export.export_onnx(model.load_enhance_net(args.weight_dir, scale_factor=12), onnx_path)
-        sessions = {"ONNX Runtime": TimedSession(export.onnx_session(onnx_path, threads)),
-                    "OpenCV DNN": TimedSession(OpenCVSession(onnx_path))}
+        sessions = {
+            "ONNX Runtime": TimedSession(export.onnx_session(onnx_path, threads)),
+            "OpenCV DNN": TimedSession(OpenCVSession(onnx_path)),
+        }
     paths = {"PyTorch (Enhancer)": enhancer.enhance_array}
-    paths.update({name: (lambda image, s=session: export.enhance_array_onnx(s, image)) for name, session in sessions.items()})
+    paths.update(
+        {name: (lambda image, s=session: export.enhance_array_onnx(s, image)) for name, session in sessions.items()}
+    )
     with thread_limits(threads, threads):
         cpu, wall, graph, worst = run(paths, sessions, photos, args.repeat)
     median = statistics.median
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, OpenCV {cv2.__version__}; {threads} "
-          f"thread(s) each, {available_cpus()} CPUs; {', '.join(f'{len(v)} {k}' for k, v in photos.items())} "
-          f"photos x {args.repeat}; CPU seconds per photo (x PyTorch; the graph's share)")
+    print(
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, OpenCV {cv2.__version__}; {threads} "
+        f"thread(s) each, {available_cpus()} CPUs; {', '.join(f'{len(v)} {k}' for k, v in photos.items())} "
+        f"photos x {args.repeat}; CPU seconds per photo (x PyTorch; the graph's share)"
+    )
     print("| photo | " + " | ".join(paths) + " |")
     print("|---|" + "---|" * len(paths))
     for size in photos:
         base = median(cpu[size, next(iter(paths))])
-        cells = [f"{median(cpu[size, p]):.3f} s ({median(cpu[size, p]) / base:.2f}x"
-                 + (f"; graph {median(graph[size, p]):.3f} s)" if p in sessions else ")") for p in paths]
+        cells = [
+            f"{median(cpu[size, p]):.3f} s ({median(cpu[size, p]) / base:.2f}x"
+            + (f"; graph {median(graph[size, p]):.3f} s)" if p in sessions else ")")
+            for p in paths
+        ]
         print(f"| {size} {SIZES[size][1]}x{SIZES[size][0]} | " + " | ".join(cells) + " |")
     for size in photos:
-        print(f"{size}: wall seconds " + ", ".join(f"{p} {median(wall[size, p]):.3f}" for p in paths)
-              + "; largest difference from PyTorch " + ", ".join(f"{p} {worst[size, p]}/255" for p in sessions))
+        print(
+            f"{size}: wall seconds "
+            + ", ".join(f"{p} {median(wall[size, p]):.3f}" for p in paths)
+            + "; largest difference from PyTorch "
+            + ", ".join(f"{p} {worst[size, p]}/255" for p in sessions)
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ with CPU time and peak RSS. It also checks the outputs: fp32 against the straigh
 
 Other processes on the machine make single timings noisy: use --repeat and read the ratios.
 """
+
 import argparse
 import os
 import re
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import image_io  # noqa: E402
 import model  # noqa: E402
-from enhance import available_cpus  # noqa: E402
+from runtime import available_cpus
 
 SHARED = Path(os.environ.get("SGZ_SHARED", ROOT.parent / "shared"))
 
@@ -80,8 +81,13 @@ def run_test_py(args):
     """One `python test.py ...` process: whole-process wall and CPU seconds, peak RSS in GB, and the
     seconds inside the process that it prints."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "test.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "test.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -125,8 +131,10 @@ def main(args):
     if not files:
         sys.exit(f"no images in {args.input_dir} (set --input_dir, or SGZ_SHARED to the shared/ folder)")
     megapixels = sum(np.prod(Image.open(f).size) for f in files) / 1e6
-    print(f"{len(files)} images, {megapixels:.1f} MPix from {args.input_dir}; {available_cpus()} CPUs; "
-          f"torch {torch.__version__}; weights {args.weight_dir}")
+    print(
+        f"{len(files)} images, {megapixels:.1f} MPix from {args.input_dir}; {available_cpus()} CPUs; "
+        f"torch {torch.__version__}; weights {args.weight_dir}"
+    )
     precisions = ["fp32"] + ([] if args.no_bf16 else ["bf16"])
     results = {"parallel": [], "sequential": [], **{p: [] for p in precisions}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,37 +145,69 @@ def main(args):
             results["parallel"].append(parallel_floor(files, tmp / "parallel"))
             results["sequential"].append(sequential_floor(files, tmp / "sequential"))
             for precision in precisions:
-                results[precision].append(run_test_py(["--input_dir", args.input_dir, "--test_dir", str(tmp / precision),
-                                                       "--weight_dir", args.weight_dir, "--precision", precision]))
+                results[precision].append(
+                    run_test_py(
+                        [
+                            "--input_dir",
+                            args.input_dir,
+                            "--test_dir",
+                            str(tmp / precision),
+                            "--weight_dir",
+                            args.weight_dir,
+                            "--precision",
+                            precision,
+                        ]
+                    )
+                )
         floor, floor_cpu = median(results["parallel"], "wall"), median(results["parallel"], "cpu")
-        print("\n| run | wall (s) | x parallel floor | CPU (s) | x floor CPU | peak RSS (GB) |\n|---|---|---|---|---|---|")
-        print(f"| OpenCV decode + encode, test.py's settings, {available_cpus()} threads (parallel floor) | {floor:.2f} | "
-              f"1.00 | {floor_cpu:.2f} | 1.00 | |")
+        print(
+            "\n| run | wall (s) | x parallel floor | CPU (s) | x floor CPU | peak RSS (GB) |\n|---|---|---|---|---|---|"
+        )
+        print(
+            f"| OpenCV decode + encode, test.py's settings, {available_cpus()} threads (parallel floor) "
+            f"| {floor:.2f} | "
+            f"1.00 | {floor_cpu:.2f} | 1.00 | |"
+        )
         seq = results["sequential"]
-        print(f"| OpenCV decode + encode, one after another (sequential floor) | {median(seq, 'wall'):.2f} | "
-              f"{median(seq, 'wall') / floor:.2f} | {median(seq, 'cpu'):.2f} | {median(seq, 'cpu') / floor_cpu:.2f} | |")
+        print(
+            f"| OpenCV decode + encode, one after another (sequential floor) | {median(seq, 'wall'):.2f} | "
+            f"{median(seq, 'wall') / floor:.2f} | {median(seq, 'cpu'):.2f} | {median(seq, 'cpu') / floor_cpu:.2f} | |"
+        )
         for precision in precisions:
             runs = results[precision]
             flag = "" if precision == "fp32" else f" --precision {precision}"
             inside, wall = median(runs, "inside"), median(runs, "wall")
             print(f"| `python test.py{flag}`, inside the process | {inside:.2f} | {inside / floor:.2f} | | | |")
-            print(f"| `python test.py{flag}`, whole process | {wall:.2f} | {wall / floor:.2f} | {median(runs, 'cpu'):.2f} | "
-                  f"{median(runs, 'cpu') / floor_cpu:.2f} | {max(r['rss'] for r in runs):.2f} |")
+            print(
+                f"| `python test.py{flag}`, whole process | {wall:.2f} | {wall / floor:.2f} "
+                f"| {median(runs, 'cpu'):.2f} | "
+                f"{median(runs, 'cpu') / floor_cpu:.2f} | {max(r['rss'] for r in runs):.2f} |"
+            )
         if args.repeat > 1:
             print("all runs, wall (s):", {k: [round(r["wall"], 2) for r in v] for k, v in results.items()})
-            print("all runs, inside (s):", {k: [round(r["inside"], 2) for r in v] for k, v in results.items() if k in precisions})
+            print(
+                "all runs, inside (s):",
+                {k: [round(r["inside"], 2) for r in v] for k, v in results.items() if k in precisions},
+            )
         if not args.skip_check:
-            vs_reference, vs_bf16 = max_differences(args.input_dir, tmp / "fp32", tmp / "bf16" if "bf16" in precisions
-                                                    else None, args.weight_dir)
-            print(f"\nmax |fp32 - straightforward fp32 reference| = {vs_reference}/255"
-                  + (f"; max |bf16 - fp32| = {vs_bf16}/255" if "bf16" in precisions else ""))
+            vs_reference, vs_bf16 = max_differences(
+                args.input_dir, tmp / "fp32", tmp / "bf16" if "bf16" in precisions else None, args.weight_dir
+            )
+            print(
+                f"\nmax |fp32 - straightforward fp32 reference| = {vs_reference}/255"
+                + (f"; max |bf16 - fp32| = {vs_bf16}/255" if "bf16" in precisions else "")
+            )
         if args.mpix100:
             big = tmp / "big" / "photo_100mpix.png"
             big.parent.mkdir()
             make_100mpix_photo(files[0], big)
-            run = run_test_py(["--input_dir", str(big), "--test_dir", str(tmp / "big_out"), "--weight_dir", args.weight_dir])
+            run = run_test_py(
+                ["--input_dir", str(big), "--test_dir", str(tmp / "big_out"), "--weight_dir", args.weight_dir]
+            )
             shape = cv2.imread(str(tmp / "big_out" / big.name), cv2.IMREAD_UNCHANGED).shape
-            print(f"\n100.7-MPix photo: {run['wall']:.2f} s, peak RSS {run['rss']:.2f} GB, output {shape[1]}x{shape[0]}")
+            print(
+                f"\n100.7-MPix photo: {run['wall']:.2f} s, peak RSS {run['rss']:.2f} GB, output {shape[1]}x{shape[0]}"
+            )
 
 
 if __name__ == "__main__":

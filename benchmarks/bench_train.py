@@ -12,6 +12,7 @@ Each setting runs in its own process (so its peak RSS is its own) on the same ra
 Each runs without and with the semantic branch. Prints s/image, the ratio to official-like, the
 loss value and peak memory.
 """
+
 import argparse
 import json
 import resource
@@ -39,10 +40,28 @@ def measure(setting, semantic, size, batch, steps, device):
         rng = np.random.default_rng(0)
         for i in range(batch):
             Image.fromarray((rng.random((size, size, 3)) * 70).astype(np.uint8)).save(f"{d}/{i}.png")
-        args = get_train_parser().parse_args([
-            "--lowlight_images_path", d, "--snapshots_folder", f"{d}/out", "--image_size", str(size),
-            "--train_batch_size", str(batch), "--num_workers", "0", "--device", device,
-            "--seg_weight", "0.1" if semantic else "0", "--seg_backbone", "random", "--amp", str(setting == "ours amp")])
+        args = get_train_parser().parse_args(
+            [
+                "--lowlight_images_path",
+                d,
+                "--snapshots_folder",
+                f"{d}/out",
+                "--image_size",
+                str(size),
+                "--train_batch_size",
+                str(batch),
+                "--num_workers",
+                "0",
+                "--device",
+                device,
+                "--seg_weight",
+                "0.1" if semantic else "0",
+                "--seg_backbone",
+                "random",
+                "--amp",
+                str(setting == "ours amp"),
+            ]
+        )
         torch.manual_seed(0)
         with train.Trainer(args) as t:
             seg = t.criterion.seg_net
@@ -57,8 +76,9 @@ def measure(setting, semantic, size, batch, steps, device):
             images = next(iter(t.data_loader)).to(t.device, memory_format=layout)
 
             def step():
-                return train.train_step(t.model, t.criterion, t.optimizer, t.scaler, images, t.device, args.amp,
-                                        args.grad_clip_norm)
+                return train.train_step(
+                    t.model, t.criterion, t.optimizer, t.scaler, images, t.device, args.amp, args.grad_clip_norm
+                )
 
             step()  # warm-up
             sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
@@ -90,13 +110,33 @@ def main():
     for semantic in (False, True):
         base = None
         for setting in SETTINGS:
-            out = subprocess.run([sys.executable, __file__, "--one", setting, "1" if semantic else "0", "--size",
-                                  str(args.size), "--batch", str(args.batch), "--steps", str(args.steps),
-                                  "--device", args.device], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    setting,
+                    "1" if semantic else "0",
+                    "--size",
+                    str(args.size),
+                    "--batch",
+                    str(args.batch),
+                    "--steps",
+                    str(args.steps),
+                    "--device",
+                    args.device,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             base = base or r["s_per_image"]
-            print(f"{'with' if semantic else 'without':<9} {setting:<14} {r['s_per_image']:>8.3f} "
-                  f"{r['s_per_image'] / base:>16.2f}x {r['loss']:>9.5f} {r['peak_mb']:>8.0f}", flush=True)
+            print(
+                f"{'with' if semantic else 'without':<9} {setting:<14} {r['s_per_image']:>8.3f} "
+                f"{r['s_per_image'] / base:>16.2f}x {r['loss']:>9.5f} {r['peak_mb']:>8.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

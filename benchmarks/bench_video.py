@@ -11,6 +11,7 @@ it), with fresh sensor noise in every frame as in a night video: a slow pan (tim
 a still scene under a lamp wavering by +-5% (flicker only). Other processes on the machine make
 single timings noisy: use --repeat and read the ratios.
 """
+
 import argparse
 import os
 import statistics
@@ -25,9 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "demo"))
-import image_io  # noqa: E402
 import make_video as mv  # noqa: E402
-from enhance import Enhancer, available_cpus  # noqa: E402
+
+import image_io  # noqa: E402
+from enhance import Enhancer  # noqa: E402
+from runtime import available_cpus
 
 SHARED = Path(os.environ.get("SGZ_SHARED", ROOT.parent / "shared"))
 WIDTH, HEIGHT, FPS = 1280, 720, 30
@@ -42,7 +45,9 @@ def get_bench_parser():
     p.add_argument("--device", default="auto")
     p.add_argument("--crf", type=int, default=18)
     p.add_argument("--preset", default="medium")
-    p.add_argument("--smoothing", type=float, default=0.8, help="--temporal_smoothing weight for the flicker comparison")
+    p.add_argument(
+        "--smoothing", type=float, default=0.8, help="--temporal_smoothing weight for the flicker comparison"
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs of each configuration (interleaved); medians reported")
     return p
 
@@ -66,7 +71,7 @@ def make_clip(path, photo_path, frames, crf, preset, pan=True, lamp_flicker=0.0)
         stream = mv.add_h264_stream(out, WIDTH, HEIGHT, FPS, time_base, crf, preset)
         for i in range(frames):
             top, left = (50 + i * 50 // frames, 100 + i * 200 // frames) if pan else (50, 100)
-            crop = picture[top:top + HEIGHT, left:left + WIDTH] * (1 + lamp_flicker * np.sin(2.1 * i))
+            crop = picture[top : top + HEIGHT, left : left + WIDTH] * (1 + lamp_flicker * np.sin(2.1 * i))
             noisy = np.clip(crop + rng.normal(0, 2.5, crop.shape), 0, 255).astype(np.uint8)
             out.mux(stream.encode(mv.to_video_frame(noisy, stream, i, time_base)))
         out.mux(stream.encode(None))
@@ -76,8 +81,16 @@ def transcode(src, dst, crf, preset):
     """The floor: decode and re-encode with the same settings, frames passed straight through."""
     with mv.open_video(src) as inp, mv.video_writer(dst) as out:
         vin = inp.streams.video[0]
-        vout = mv.add_h264_stream(out, vin.codec_context.width, vin.codec_context.height, vin.average_rate,
-                                  vin.time_base, crf, preset, vin.codec_context)
+        vout = mv.add_h264_stream(
+            out,
+            vin.codec_context.width,
+            vin.codec_context.height,
+            vin.average_rate,
+            vin.time_base,
+            crf,
+            preset,
+            vin.codec_context,
+        )
         for frame in mv.decoded(inp, src, [vin]):
             frame.pict_type = 0  # let the encoder choose the frame type, as it does for enhanced frames
             out.mux(vout.encode(frame))
@@ -94,8 +107,11 @@ def timed(fn):
 def flicker_line(name, enhancer, src, out, smoothing, crf, preset):
     plain = mv.enhance_video(enhancer, src, out, 0.0, crf, preset)
     smooth = mv.enhance_video(enhancer, src, out, smoothing, crf, preset)
-    return (f"{name:<28}{plain['flicker_in']:>8.3f}{plain['flicker_out']:>8.3f} ({plain['flicker_out'] / plain['flicker_in']:.2f}x)"
-            f"{smooth['flicker_out']:>8.3f} ({smooth['flicker_out'] / smooth['flicker_in']:.2f}x)")
+    return (
+        f"{name:<28}{plain['flicker_in']:>8.3f}{plain['flicker_out']:>8.3f} "
+        f"({plain['flicker_out'] / plain['flicker_in']:.2f}x)"
+        f"{smooth['flicker_out']:>8.3f} ({smooth['flicker_out'] / smooth['flicker_in']:.2f}x)"
+    )
 
 
 def main(args):
@@ -109,24 +125,53 @@ def main(args):
         for _ in range(args.repeat):
             times["transcode"].append(timed(lambda: transcode(src, tmp / "plain.mp4", args.crf, args.preset)))
             for precision, enhancer in enhancers.items():
-                times[precision].append(timed(lambda: mv.enhance_video(enhancer, src, tmp / "out.mp4", 0.0, args.crf,
-                                                                       args.preset)))
+                times[precision].append(
+                    timed(
+                        lambda enhancer=enhancer: mv.enhance_video(
+                            enhancer, src, tmp / "out.mp4", 0.0, args.crf, args.preset
+                        )
+                    )
+                )
         first = args.precision[0]
-        flicker = [flicker_line(f"pan, {args.frames} frames", enhancers[first], src, tmp / "out.mp4", args.smoothing,
-                                args.crf, args.preset),
-                   flicker_line("still, lamp +-5%, 30 frames", enhancers[first], lamp, tmp / "out.mp4", args.smoothing,
-                                args.crf, args.preset)]
+        flicker = [
+            flicker_line(
+                f"pan, {args.frames} frames",
+                enhancers[first],
+                src,
+                tmp / "out.mp4",
+                args.smoothing,
+                args.crf,
+                args.preset,
+            ),
+            flicker_line(
+                "still, lamp +-5%, 30 frames",
+                enhancers[first],
+                lamp,
+                tmp / "out.mp4",
+                args.smoothing,
+                args.crf,
+                args.preset,
+            ),
+        ]
 
     floor, floor_cpu = (statistics.median(t[i] for t in times["transcode"]) for i in (0, 1))
-    print(f"\n{args.frames} frames {WIDTH}x{HEIGHT}, libx264 crf {args.crf} preset {args.preset}, "
-          f"device {enhancers[first].device}, {available_cpus()} CPUs, medians of {args.repeat}")
+    print(
+        f"\n{args.frames} frames {WIDTH}x{HEIGHT}, libx264 crf {args.crf} preset {args.preset}, "
+        f"device {enhancers[first].device}, {available_cpus()} CPUs, medians of {args.repeat}"
+    )
     print(f"{'run':<28}{'seconds':>9}{'frames/s':>10}{'x floor':>9}{'CPU s':>8}{'x floor':>9}")
     for name, values in times.items():
         label = "decode + re-encode (floor)" if name == "transcode" else f"enhance {name}"
         seconds, cpu = (statistics.median(t[i] for t in values) for i in (0, 1))
-        verdict = "" if name == "transcode" else ("  meets the 1.4x bar" if seconds <= 1.4 * floor else "  misses the 1.4x bar")
-        print(f"{label:<28}{seconds:>9.2f}{args.frames / seconds:>10.1f}{seconds / floor:>9.2f}{cpu:>8.2f}"
-              f"{cpu / floor_cpu:>9.2f}{verdict}")
+        verdict = (
+            ""
+            if name == "transcode"
+            else ("  meets the 1.4x bar" if seconds <= 1.4 * floor else "  misses the 1.4x bar")
+        )
+        print(
+            f"{label:<28}{seconds:>9.2f}{args.frames / seconds:>10.1f}{seconds / floor:>9.2f}{cpu:>8.2f}"
+            f"{cpu / floor_cpu:>9.2f}{verdict}"
+        )
     print(f"\nflicker ({first}): mean |change| of mean brightness frame to frame (0-255); output also as x the input's")
     print(f"{'clip':<28}{'input':>8}{'output':>16}{f'smoothing {args.smoothing}':>16}")
     print("\n".join(flicker))

@@ -33,6 +33,7 @@ Needs (no network): torch with CUDA (and triton, which comes with it on Linux, f
 torchvision, numpy, opencv-python-headless, pillow, av, tqdm, scikit-image, scipy, pytest; the weights
 weight/sgz.pth; for stage 4 the test photos (SGZ_SHARED, or a shared/ folder beside or inside the project).
 """
+
 import argparse
 import contextlib
 import json
@@ -59,8 +60,9 @@ sys.path.insert(0, str(ROOT))
 
 import image_io  # noqa: E402
 import model  # noqa: E402
-from enhance import PRECISIONS, Enhancer, available_cpus, thread_limits  # noqa: E402
-from option import UserError, run_script  # noqa: E402
+import runtime
+from enhance import PRECISIONS, Enhancer  # noqa: E402
+from runtime import UserError, available_cpus, run_script, thread_limits
 
 WEIGHTS = ROOT / "weight" / "sgz.pth"
 SCALE_FACTOR = 12
@@ -80,8 +82,15 @@ def run_command(argv, timeout, cwd=ROOT, env=None):
     """Run argv in a process group of its own (so that a timeout also ends its children, e.g. torchrun's
     workers); returns (exit status or None when it timed out, stdout and stderr together, seconds)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([str(a) for a in argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(a) for a in argv],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=max(1.0, timeout))
         status = proc.returncode
@@ -146,14 +155,33 @@ def junit_cases(path):
                     outcome = "not_collected"
                 if outcome != "skipped":
                     message = tail(child.text or message, 3000)
-        cases.append({"name": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
-                      "seconds": round(float(case.get("time") or 0), 2), "message": message})
+        cases.append(
+            {
+                "name": f"{case.get('classname')}::{case.get('name')}",
+                "outcome": outcome,
+                "seconds": round(float(case.get("time") or 0), 2),
+                "message": message,
+            }
+        )
     return cases
 
 
 def stage_correctness(stage):
-    argv = [sys.executable, "-m", "pytest", "tests", "-m", "cuda", "--device", stage.device, "-q", "-rfEs",
-            "-p", "no:cacheprovider", "--continue-on-collection-errors"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests",
+        "-m",
+        "cuda",
+        "--device",
+        stage.device,
+        "-q",
+        "-rfEs",
+        "-p",
+        "no:cacheprovider",
+        "--continue-on-collection-errors",
+    ]
     if stage.quick:
         argv += ["-k", QUICK_DEVICE_TESTS]
     stage.record(command=shlex.join(["python", *argv[1:]]))
@@ -161,13 +189,22 @@ def stage_correctness(stage):
         junit = Path(tmp) / "junit.xml"
         status, output, seconds = run_command([*argv, f"--junitxml={junit}"], stage.seconds_left() - 5)
         cases = junit_cases(junit) if junit.is_file() else []
-    counts = {k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failed", "error", "skipped", "not_collected")}
+    counts = {
+        k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failed", "error", "skipped", "not_collected")
+    }
     lines = [line for line in output.splitlines() if line.strip()]
     # A test module that cannot be imported here (a missing optional package) is reported, not failed: the
     # device tests that were collected decide.
     ok = status in (0, 1) and counts["passed"] > 0 and counts["failed"] == counts["error"] == 0
-    stage.record(status="ok" if ok else "failed", exit_status=status, seconds=round(seconds, 1), counts=counts,
-                 summary=lines[-1] if lines else "", tests=cases, **({} if ok else {"output_tail": tail(output)}))
+    stage.record(
+        status="ok" if ok else "failed",
+        exit_status=status,
+        seconds=round(seconds, 1),
+        counts=counts,
+        summary=lines[-1] if lines else "",
+        tests=cases,
+        **({} if ok else {"output_tail": tail(output)}),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,8 +262,11 @@ class FramePipeline:
         low_size = model.downscaled_size(frames.shape[1], frames.shape[2], SCALE_FACTOR)
         low = self.shrink(frames, low_size).contiguous(memory_format=torch.channels_last)
         # no autocast cache: a CUDA graph must not capture cached casts of the weights
-        autocast = (torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False) if self.dtype
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
+            if self.dtype
+            else contextlib.nullcontext()
+        )
         with autocast:
             curve_map = self.net.curve_map_lowres(low).float()
         return self.finish(frames, curve_map)
@@ -277,8 +317,14 @@ def host_to_host_run(pipeline, host_in, host_out, batch, min_seconds):
     slots = []
     for _ in range(3):
         replay, dev_in, dev_out = in_cuda_graph(pipeline, host_in[:batch].to(pipeline.device))
-        slots.append({"replay": replay, "in": dev_in, "out": dev_out,
-                      **{e: torch.cuda.Event() for e in ("loaded", "computed", "drained")}})
+        slots.append(
+            {
+                "replay": replay,
+                "in": dev_in,
+                "out": dev_out,
+                **{e: torch.cuda.Event() for e in ("loaded", "computed", "drained")},
+            }
+        )
     torch.cuda.synchronize()
     batches = len(host_in) // batch
     done, start = 0, time.perf_counter()
@@ -311,9 +357,14 @@ def stage_inference(stage):
     if cuda:
         torch.cuda.set_device(device)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
-    stage.record(frame=f"{width}x{height} RGB uint8", scale_factor=SCALE_FACTOR, batch=batch,
-                 device_name=torch.cuda.get_device_name(device) if cuda else "cpu", torch=torch.__version__,
-                 skipped=[] if cuda else ["fp16, CUDA graphs, torch.compile, pinned host-to-host: need CUDA"])
+    stage.record(
+        frame=f"{width}x{height} RGB uint8",
+        scale_factor=SCALE_FACTOR,
+        batch=batch,
+        device_name=torch.cuda.get_device_name(device) if cuda else "cpu",
+        torch=torch.__version__,
+        skipped=[] if cuda else ["fp16, CUDA graphs, torch.compile, pinned host-to-host: need CUDA"],
+    )
     net = model.load_enhance_net(WEIGHTS, scale_factor=1, device=device).eval().requires_grad_(False)
     net.to(memory_format=torch.channels_last)
     host = sample_frames(2 * batch if cuda else batch, height, width)
@@ -323,13 +374,15 @@ def stage_inference(stage):
     def check(precision, mode):
         """Max |pipeline - Enhancer.enhance_array| over a few frames, in 1/255."""
         enhancer = Enhancer(WEIGHTS, SCALE_FACTOR, device, precision)
-        some = frames[:min(3, batch)]
+        some = frames[: min(3, batch)]
         if mode == "eager":
             out = FramePipeline(net, precision)(some)
         else:  # compiled for the batch size it is timed at
-            out = FramePipeline(net, precision, compiled=True)(frames[:batch])[:len(some)]
-        diff = max(int(np.abs(o.astype(int) - enhancer.enhance_array(f)).max())
-                   for o, f in zip(out.cpu().numpy(), host[:len(some)]))
+            out = FramePipeline(net, precision, compiled=True)(frames[:batch])[: len(some)]
+        diff = max(
+            int(np.abs(o.astype(int) - enhancer.enhance_array(f)).max())
+            for o, f in zip(out.cpu().numpy(), host[: len(some)])
+        )
         return {"precision": precision, "mode": mode, "max_diff_vs_enhancer": diff, "ok": diff <= 1}
 
     @torch.inference_mode()
@@ -348,8 +401,14 @@ def stage_inference(stage):
         # the overlapped copies delivered what the device computes, frame for frame
         expected = pipeline(host_in[:batch].to(device)).cpu()
         diff = int((host_out[:batch].int() - expected.int()).abs().max())
-        return {"precision": precision, "mode": mode, "batch": size, "frames_per_s": round(fps, 1),
-                "frames": done, "max_diff_vs_device_result": diff}
+        return {
+            "precision": precision,
+            "mode": mode,
+            "batch": size,
+            "frames_per_s": round(fps, 1),
+            "frames": done,
+            "max_diff_vs_device_result": diff,
+        }
 
     def if_time(key, fn, *args, needs=10):
         if stage.seconds_left() < needs:
@@ -358,8 +417,11 @@ def stage_inference(stage):
         return stage.attempt(key, fn, *args)
 
     def best_precision(mode):
-        runs = [r for r in stage.results.get("device", [])
-                if r.get("mode") == mode and r.get("batch") == batch and "frames_per_s" in r]
+        runs = [
+            r
+            for r in stage.results.get("device", [])
+            if r.get("mode") == mode and r.get("batch") == batch and "frames_per_s" in r
+        ]
         return max(runs, key=lambda r: r["frames_per_s"])["precision"] if runs else "fp32"
 
     for precision in precisions:
@@ -388,8 +450,12 @@ def stage_inference(stage):
 
 def failures(results):
     """The inference runs that failed, or whose output was off by more than 1/255."""
-    return [r for key in ("checks", "device", "host_to_host") for r in results.get(key, [])
-            if "error" in r or not r.get("ok", True) or r.get("max_diff_vs_device_result", 0) > 1]
+    return [
+        r
+        for key in ("checks", "device", "host_to_host")
+        for r in results.get(key, [])
+        if "error" in r or not r.get("ok", True) or r.get("max_diff_vs_device_result", 0) > 1
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,12 +463,27 @@ def failures(results):
 # ---------------------------------------------------------------------------------------------
 def stage_training(stage):
     size, batch, steps = stage.sizes["training"]
-    semantic = stage.cuda and not stage.quick  # the smoke test leaves the ResNet-50 out: its start-up is most of its time
+    semantic = (
+        stage.cuda and not stage.quick
+    )  # the smoke test leaves the ResNet-50 out: its start-up is most of its time
     stage.record(size=size, batch=batch, timed_steps=steps, semantic_loss=semantic, runs=[])
 
     def measure(setting):
-        argv = [sys.executable, ROOT / "benchmarks" / "bench_train.py", "--one", setting, int(semantic), "--size", size,
-                "--batch", batch, "--steps", steps, "--device", stage.device]
+        argv = [
+            sys.executable,
+            ROOT / "benchmarks" / "bench_train.py",
+            "--one",
+            setting,
+            int(semantic),
+            "--size",
+            size,
+            "--batch",
+            batch,
+            "--steps",
+            steps,
+            "--device",
+            stage.device,
+        ]
         status, output, seconds = run_command(argv, stage.seconds_left() - 5)
         if status != 0:
             raise RuntimeError(f"bench_train.py {setting} {exit_text(status)}:\n{tail(output)}")
@@ -434,8 +515,10 @@ def real_photos(input_dir):
 def parallel_io_floor(files, out_dir):
     """Seconds to decode and re-encode every file with OpenCV, one file per thread, one thread per core
     (OpenCV's own threads off, as test.py runs it): what test.py would take if enhancing were free."""
+
     def copy(i):
         cv2.imwrite(str(out_dir / f"{i}{files[i].suffix}"), cv2.imread(str(files[i]), cv2.IMREAD_UNCHANGED))
+
     start = time.perf_counter()
     with thread_limits(torch_threads=1, opencv_threads=0), ThreadPoolExecutor(available_cpus()) as pool:
         list(pool.map(copy, range(len(files))))
@@ -445,10 +528,13 @@ def parallel_io_floor(files, out_dir):
 def stage_test_py(stage):
     folder = real_photos(stage.input_dir)
     if folder is None or not folder.is_dir():
-        stage.record(status="skipped", reason="test photos not found: set SGZ_SHARED to the shared/ folder "
-                                              "(data/test_data/real) or pass --input_dir")
+        stage.record(
+            status="skipped",
+            reason="test photos not found: set SGZ_SHARED to the shared/ folder "
+            "(data/test_data/real) or pass --input_dir",
+        )
         return
-    files = image_io.find_images(folder)[:stage.sizes["photos"] and stage.sizes["photos"] // (2 if stage.quick else 1)]
+    files = image_io.find_images(folder)[: stage.sizes["photos"] and stage.sizes["photos"] // (2 if stage.quick else 1)]
     stage.record(input_dir=str(folder), images=len(files), cpus=available_cpus(), runs=[])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -463,16 +549,35 @@ def stage_test_py(stage):
         def run(precision):
             out = tmp / precision
             status, output, seconds = run_command(
-                [sys.executable, ROOT / "test.py", "--input_dir", inputs, "--test_dir", out, "--weight_dir", WEIGHTS,
-                 "--device", stage.device, "--precision", precision], stage.seconds_left() - 5)
+                [
+                    sys.executable,
+                    ROOT / "test.py",
+                    "--input_dir",
+                    inputs,
+                    "--test_dir",
+                    out,
+                    "--weight_dir",
+                    WEIGHTS,
+                    "--device",
+                    stage.device,
+                    "--precision",
+                    precision,
+                ],
+                stage.seconds_left() - 5,
+            )
             if status != 0:
                 raise RuntimeError(f"test.py --precision {precision} {exit_text(status)}:\n{tail(output)}")
             written = len(image_io.find_images(out))
             inside = ([None] + re.findall(r"in ([0-9.]+) s", output))[-1]  # its own figure: without start-up
-            return {"precision": precision, "wall_s": round(seconds, 3), "wall_vs_floor": round(seconds / floor, 2),
-                    "enhancing_s": inside and float(inside),
-                    "enhancing_vs_floor": inside and round(float(inside) / floor, 2),
-                    "outputs": written, "ok": written == len(files)}
+            return {
+                "precision": precision,
+                "wall_s": round(seconds, 3),
+                "wall_vs_floor": round(seconds / floor, 2),
+                "enhancing_s": inside and float(inside),
+                "enhancing_vs_floor": inside and round(float(inside) / floor, 2),
+                "outputs": written,
+                "ok": written == len(files),
+            }
 
         for precision in ("fp32", "bf16", "fp16") if stage.cuda else ("fp32",):
             stage.attempt("runs", run, precision)
@@ -480,8 +585,12 @@ def stage_test_py(stage):
     stage.record(status="ok" if ok else "failed")
 
 
-STAGES = {"correctness": stage_correctness, "inference": stage_inference, "training": stage_training,
-          "test_py": stage_test_py}
+STAGES = {
+    "correctness": stage_correctness,
+    "inference": stage_inference,
+    "training": stage_training,
+    "test_py": stage_test_py,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,9 +602,20 @@ def run_stage(name, args, deadline):
         return {"status": "not_run", "reason": f"the global deadline ({args.deadline:.0f} s) leaves {budget:.0f} s"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "stage.json"
-        argv = [sys.executable, Path(__file__).resolve(), "--device", args.device, "--stage", name, "--stage_out", out,
-                "--stage_deadline", time.time() + budget - 5, *(["--quick"] if args.quick else []),
-                *(["--input_dir", args.input_dir] if args.input_dir else [])]
+        argv = [
+            sys.executable,
+            Path(__file__).resolve(),
+            "--device",
+            args.device,
+            "--stage",
+            name,
+            "--stage_out",
+            out,
+            "--stage_deadline",
+            time.time() + budget - 5,
+            *(["--quick"] if args.quick else []),
+            *(["--input_dir", args.input_dir] if args.input_dir else []),
+        ]
         # The CPU smoke test computes in one thread: on a busy machine threads mostly wait for each other.
         env = None if args.device.startswith("cuda") else {**os.environ, "OMP_NUM_THREADS": "1"}
         status, output, seconds = run_command(argv, budget, env=env)
@@ -520,8 +640,9 @@ def bars_and_summary(results):
 
     def bar(name, value, limit, higher_is_better):
         met = None if value is None or not cuda else (value >= limit if higher_is_better else value <= limit)
-        bars.append({"name": name, "value": value, "bar": (">= " if higher_is_better else "<= ") + str(limit),
-                     "met": met})
+        bars.append(
+            {"name": name, "value": value, "bar": (">= " if higher_is_better else "<= ") + str(limit), "met": met}
+        )
         return {None: "n/a" if cuda else "bars apply to CUDA", True: "MET", False: "MISSED"}[met]
 
     for name, s in stages.items():
@@ -530,52 +651,92 @@ def bars_and_summary(results):
             lines.append(head + s.get("reason", ""))
         elif name == "correctness":
             lines.append(head + f"{s.get('summary', '')}  ({s.get('command', '')})")
-            lines += [f"    {c['outcome'].upper()} {c['name']}" for c in s.get("tests", [])
-                      if c["outcome"] in ("failed", "error", "not_collected")]
+            lines += [
+                f"    {c['outcome'].upper()} {c['name']}"
+                for c in s.get("tests", [])
+                if c["outcome"] in ("failed", "error", "not_collected")
+            ]
         elif name == "inference":
             d, h = best(s.get("device")), best(s.get("host_to_host"))
-            checks = [f"{c['precision']} {c['mode']} {c['max_diff_vs_enhancer']}/255" if "error" not in c
-                      else f"{' '.join(c['args'])} ERROR {c['error'].splitlines()[-1]}" for c in s.get("checks", [])]
+            checks = [
+                f"{c['precision']} {c['mode']} {c['max_diff_vs_enhancer']}/255"
+                if "error" not in c
+                else f"{' '.join(c['args'])} ERROR {c['error'].splitlines()[-1]}"
+                for c in s.get("checks", [])
+            ]
             lines.append(head + f"{s.get('device_name', '')}, {s.get('frame')}; vs Enhancer: " + ", ".join(checks))
             for label, key in (("device", "device"), ("host->host", "host_to_host")):
                 for r in s.get(key, []):
-                    lines.append(f"    {label:<11} {r.get('precision', ''):<5} {r.get('mode', ''):<15} batch "
-                                 f"{r.get('batch', ''):<3} " + (f"{r['frames_per_s']:>10,.0f} frames/s" if
-                                                                "frames_per_s" in r else "ERROR " + r["error"].splitlines()[-1]))
+                    lines.append(
+                        f"    {label:<11} {r.get('precision', ''):<5} {r.get('mode', ''):<15} batch "
+                        f"{r.get('batch', ''):<3} "
+                        + (
+                            f"{r['frames_per_s']:>10,.0f} frames/s"
+                            if "frames_per_s" in r
+                            else "ERROR " + r["error"].splitlines()[-1]
+                        )
+                    )
             verdict = bar("device frames/s at 1200x900", d and d["frames_per_s"], BARS["device_fps"], True)
-            lines.append(f"    best on the device: {d and d['frames_per_s']:,} frames/s (bar >= 10,000: {verdict})"
-                         if d else "    no device figure")
+            lines.append(
+                f"    best on the device: {d and d['frames_per_s']:,} frames/s (bar >= 10,000: {verdict})"
+                if d
+                else "    no device figure"
+            )
             verdict = bar("host-to-host frames/s at 1200x900", h and h["frames_per_s"], BARS["host_fps"], True)
-            lines.append(f"    best host to host: {h['frames_per_s']:,} frames/s (bar >= 2,500: {verdict})"
-                         if h else "    no host-to-host figure" + ("" if cuda else " (needs CUDA)"))
+            lines.append(
+                f"    best host to host: {h['frames_per_s']:,} frames/s (bar >= 2,500: {verdict})"
+                if h
+                else "    no host-to-host figure" + ("" if cuda else " (needs CUDA)")
+            )
         elif name == "training":
-            lines.append(head + f"{s.get('size')}x{s.get('size')}, batch {s.get('batch')}, "
-                                + ("with" if s.get("semantic_loss") else "without") + " the semantic loss")
+            lines.append(
+                head
+                + f"{s.get('size')}x{s.get('size')}, batch {s.get('batch')}, "
+                + ("with" if s.get("semantic_loss") else "without")
+                + " the semantic loss"
+            )
             for r in s.get("runs", []):
-                lines.append(f"    {r.get('setting', ''):<14} " + (
-                    f"{r['s_per_image']:.4f} s/image  {r.get('vs_official_like', float('nan')):.2f}x official-like  "
-                    f"loss {r['loss']:.5f}  peak {r['peak_mb']:.0f} MB" if "s_per_image" in r
-                    else "ERROR " + r["error"].splitlines()[-1]))
+                lines.append(
+                    f"    {r.get('setting', ''):<14} "
+                    + (
+                        f"{r['s_per_image']:.4f} s/image  "
+                        f"{r.get('vs_official_like', float('nan')):.2f}x official-like  "
+                        f"loss {r['loss']:.5f}  peak {r['peak_mb']:.0f} MB"
+                        if "s_per_image" in r
+                        else "ERROR " + r["error"].splitlines()[-1]
+                    )
+                )
             runs = {r.get("setting"): r for r in s.get("runs", [])}
             for setting, key in (("ours fp32", "train_fp32_ratio"), ("ours amp", "train_amp_ratio")):
-                verdict = bar(f"training s/image, {setting} / official-like", runs.get(setting, {}).get("vs_official_like"),
-                              BARS[key], False)
+                verdict = bar(
+                    f"training s/image, {setting} / official-like",
+                    runs.get(setting, {}).get("vs_official_like"),
+                    BARS[key],
+                    False,
+                )
                 lines.append(f"    {setting} vs official-like: bar <= {BARS[key]}x: {verdict}")
         elif name == "test_py":
-            lines.append(head + f"{s.get('images')} images from {s.get('input_dir')}; parallel I/O floor "
-                                f"{s.get('floor_s')} s on {s.get('cpus')} CPUs")
+            lines.append(
+                head + f"{s.get('images')} images from {s.get('input_dir')}; parallel I/O floor "
+                f"{s.get('floor_s')} s on {s.get('cpus')} CPUs"
+            )
             for r in s.get("runs", []):
-                lines.append(f"    test.py {r.get('precision', '')}: " + (
-                    f"{r['wall_s']:.2f} s whole process ({r['wall_vs_floor']}x floor), {r['enhancing_s']} s "
-                    f"enhancing ({r['enhancing_vs_floor']}x floor)" if "wall_s" in r
-                    else "ERROR " + r["error"].splitlines()[-1]))
+                lines.append(
+                    f"    test.py {r.get('precision', '')}: "
+                    + (
+                        f"{r['wall_s']:.2f} s whole process ({r['wall_vs_floor']}x floor), {r['enhancing_s']} s "
+                        f"enhancing ({r['enhancing_vs_floor']}x floor)"
+                        if "wall_s" in r
+                        else "ERROR " + r["error"].splitlines()[-1]
+                    )
+                )
         if s.get("status") in ("failed", "timed_out") and "output_tail" in s:
             lines.append("    " + s["output_tail"].strip().splitlines()[-1] if s["output_tail"].strip() else "")
     return bars, lines
 
 
 def write_results(path, results):
-    with image_io.atomic_output(path) as tmp:
+    with runtime.atomic_output(path) as tmp:
         Path(tmp).write_text(json.dumps(results, indent=1, default=str))
 
 
@@ -595,13 +756,23 @@ def main(args):
     if args.input_dir and not Path(args.input_dir).is_dir():
         raise UserError(f"--input_dir {args.input_dir}: no such folder (give a folder of test photos)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: PyTorch {torch.__version__} sees no CUDA device here "
-                        "(use --device cpu for the smoke test)")
+        raise UserError(
+            f"--device {args.device}: PyTorch {torch.__version__} sees no CUDA device here "
+            "(use --device cpu for the smoke test)"
+        )
     start = time.time()
     deadline = start + args.deadline
-    results = {"command": " ".join(["python", *sys.argv]), "device": args.device, "quick": args.quick,
-               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start)), "torch": torch.__version__,
-               "cuda": torch.version.cuda, "gpus": torch.cuda.device_count(), "cpus": os.cpu_count(), "stages": {}}
+    results = {
+        "command": " ".join(["python", *sys.argv]),
+        "device": args.device,
+        "quick": args.quick,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start)),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpus": torch.cuda.device_count(),
+        "cpus": os.cpu_count(),
+        "stages": {},
+    }
     for name in names:
         print(f"{name} ...", flush=True)
         results["stages"][name] = run_stage(name, args, deadline)
@@ -617,7 +788,9 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (a smoke test of this script)")
     p.add_argument("--out", default="gpu_check_results.json", help="the results file (JSON)")
-    p.add_argument("--quick", action="store_true", help="only the Enhancer device tests in fp32, fewer photos (the CI smoke test)")
+    p.add_argument(
+        "--quick", action="store_true", help="only the Enhancer device tests in fp32, fewer photos (the CI smoke test)"
+    )
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {','.join(STAGES)}")
     p.add_argument("--deadline", type=float, default=450, help="seconds for the whole run; later stages are skipped")
     p.add_argument("--input_dir", help="stage test_py's photos (default: SGZ_SHARED/data/test_data/real)")

@@ -13,6 +13,7 @@ The server keeps nothing per visitor: a photo is the body of one POST /api/enhan
 and enhanced in memory, and the PNG goes back in that request's response. The enhancement is
 enhance.Enhancer, as in test.py, so the page computes exactly what `python test.py` does.
 """
+
 import collections
 import contextlib
 import io
@@ -33,7 +34,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from enhance import Enhancer
 from image_io import decode_image, encode_image, find_images, image_header, load_rgb
-from option import UserError, get_demo_parser, run_script
+from option import get_demo_parser
+from runtime import UserError, run_script
 
 HERE = Path(__file__).resolve().parent
 SCALE_CHOICES = (1, 2, 4, 8, 12, 16, 24)
@@ -52,11 +54,11 @@ MAX_JPEG_SCANS = 100
 # PNG (0.1 MB, 40 MP) would need 2.2 GB where its decoded size says 0.1 GB. No photo is wider or taller than
 # 65,535 pixels, the most a JPEG can hold.
 MAX_SIDE = 65_535
-QUEUE_TIMEOUT_S = 30    # an upload waiting this long for its turn is answered 503
-RETRY_AFTER_S = 10      # what a 503 tells the client to wait: a few photos' work on a typical CPU
-LIGHT_THREADS = 4       # waitress threads beyond the uploads' (page, scripts, samples: never queued behind work)
+QUEUE_TIMEOUT_S = 30  # an upload waiting this long for its turn is answered 503
+RETRY_AFTER_S = 10  # what a 503 tells the client to wait: a few photos' work on a typical CPU
+LIGHT_THREADS = 4  # waitress threads beyond the uploads' (page, scripts, samples: never queued behind work)
 CONNECTION_LIMIT = 1000  # open connections; idle ones cost a socket, not a thread (waitress multiplexes them)
-CHANNEL_TIMEOUT_S = 30   # a connection silent this long (idle, or a stalled upload) is closed
+CHANNEL_TIMEOUT_S = 30  # a connection silent this long (idle, or a stalled upload) is closed
 # Bytes of a connection's request, and of its answer, that waitress keeps in memory; past it they wait in a
 # temporary file, so 1000 connections hold at most 64 MB each way (waitress's defaults: 0.5 and 1 MB).
 BUFFER_IN_MEMORY = 65_536
@@ -64,7 +66,7 @@ MAX_HEADER_BYTES = 65_536  # a browser's request headers take a few KB
 # The page may load its own scripts, styles and images and the blob: URLs it makes, nothing else.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",  # no visitor's photo or result lingers in a cache
@@ -104,19 +106,24 @@ def check_upload_header(data, name, max_pixels):
     if header is None:
         return None
     if header.format not in UPLOAD_FORMATS:
-        raise BadRequest(f"{name}: this demo does not read {header.format} files. "
-                         "Upload a JPEG, PNG, BMP, TIFF or WebP photo.", 415)
+        raise BadRequest(
+            f"{name}: this demo does not read {header.format} files. Upload a JPEG, PNG, BMP, TIFF or WebP photo.", 415
+        )
     if header.width * header.height > max_pixels:
         decode_upload(data, name, max_pixels)  # decode_image refuses it from the header, with the usual message
     if max(header.width, header.height) > MAX_SIDE:
-        raise BadRequest(f"{name}: {header.width}x{header.height} has a side over {MAX_SIDE} pixels, "
-                         "more than any photo.", 413)
+        raise BadRequest(
+            f"{name}: {header.width}x{header.height} has a side over {MAX_SIDE} pixels, more than any photo.", 413
+        )
     # Every scan starts with an SOS marker, FF DA, and the coded data between markers never holds FF
     # unstuffed, so counting FF DA bounds the scans from above (an EXIF thumbnail's scan counts too).
     scans = data.count(b"\xff\xda") if header.format in ("JPEG", "MPO") else 0
     if scans > MAX_JPEG_SCANS:
-        raise BadRequest(f"{name}: a JPEG of {scans} scans (cameras write at most about 10); "
-                         f"this demo decodes up to {MAX_JPEG_SCANS}.", 413)
+        raise BadRequest(
+            f"{name}: a JPEG of {scans} scans (cameras write at most about 10); "
+            f"this demo decodes up to {MAX_JPEG_SCANS}.",
+            413,
+        )
     return header
 
 
@@ -147,8 +154,10 @@ def collect_samples(samples_dir):
     samples = {name: (name, encode_png(darken(getattr(skimage.data, name)()))) for name in BUILTIN_SAMPLES}
     for i, path in enumerate(find_images(samples_dir)[:MAX_FOLDER_SAMPLES]):
         samples[f"file{i}"] = (path.name, path)
-    return {sample_id: (label, source, thumbnail_jpeg(source.read_bytes() if isinstance(source, Path) else source))
-            for sample_id, (label, source) in samples.items()}
+    return {
+        sample_id: (label, source, thumbnail_jpeg(source.read_bytes() if isinstance(source, Path) else source))
+        for sample_id, (label, source) in samples.items()
+    }
 
 
 def thumbnail_jpeg(data):
@@ -188,13 +197,16 @@ def check_network_size(shape, scale, choices, max_network_pixels):
     per megapixel the network sees, measured on CPU), so such a request is refused with the
     smallest scale factor that fits."""
     height, width = shape[:2]
-    needed = height * width / scale ** 2
+    needed = height * width / scale**2
     if needed <= max_network_pixels:
         return
-    fitting = [s for s in choices if height * width / s ** 2 <= max_network_pixels]
+    fitting = [s for s in choices if height * width / s**2 <= max_network_pixels]
     advice = f"choose scale factor {fitting[0]} or more" if fitting else "downscale the photo first"
-    raise BadRequest(f"At scale factor {scale} the network would run on {needed / 1e6:.1f} MP of this {width} x {height} "
-                     f"photo; this demo allows {max_network_pixels / 1e6:g} MP: {advice}.", 413)
+    raise BadRequest(
+        f"At scale factor {scale} the network would run on {needed / 1e6:.1f} MP of this {width} x {height} "
+        f"photo; this demo allows {max_network_pixels / 1e6:g} MP: {advice}.",
+        413,
+    )
 
 
 def check_same_origin(headers, host):
@@ -222,7 +234,12 @@ class Admission:
     QUEUE_TIMEOUT_S is answered 503 with Retry-After, so memory stays bounded however many arrive."""
 
     def __init__(self, budget_bytes, max_running, max_waiting, timeout_s=QUEUE_TIMEOUT_S):
-        self.budget_bytes, self.max_running, self.max_waiting, self.timeout_s = budget_bytes, max_running, max_waiting, timeout_s
+        self.budget_bytes, self.max_running, self.max_waiting, self.timeout_s = (
+            budget_bytes,
+            max_running,
+            max_waiting,
+            timeout_s,
+        )
         self.condition = threading.Condition()
         self.queue = collections.deque()
         self.used_bytes = self.running = 0
@@ -237,8 +254,11 @@ class Admission:
     def admit(self, cost):
         """A block of work that holds `cost` bytes of the budget."""
         if cost > self.budget_bytes:
-            raise BadRequest(f"This photo needs {megabytes(cost)} MB once decoded; this demo works on at most "
-                             f"{megabytes(self.budget_bytes)} MB at a time. Send a smaller photo.", 413)
+            raise BadRequest(
+                f"This photo needs {megabytes(cost)} MB once decoded; this demo works on at most "
+                f"{megabytes(self.budget_bytes)} MB at a time. Send a smaller photo.",
+                413,
+            )
         with self.condition:
             if self.queue or not self.fits(cost):
                 self.wait_turn(cost)
@@ -301,9 +321,14 @@ def create_app(args):
 
     @app.get("/")
     def index():
-        return render_template("index.html", samples=[(i, label) for i, (label, *_) in samples.items()],
-                               scales=scales, default_scale=args.scale_factor, strength_range=STRENGTH_RANGE,
-                               max_upload_bytes=max_upload_bytes)
+        return render_template(
+            "index.html",
+            samples=[(i, label) for i, (label, *_) in samples.items()],
+            scales=scales,
+            default_scale=args.scale_factor,
+            strength_range=STRENGTH_RANGE,
+            max_upload_bytes=max_upload_bytes,
+        )
 
     @app.get("/api/samples/<sample_id>")
     def sample(sample_id):
@@ -342,8 +367,9 @@ def create_app(args):
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(e):
-        return jsonify(error=f"The file is larger than the {args.max_upload_mb:g} MB this demo accepts; "
-                             "send a smaller one."), 413
+        return jsonify(
+            error=f"The file is larger than the {args.max_upload_mb:g} MB this demo accepts; send a smaller one."
+        ), 413
 
     @app.errorhandler(HTTPException)
     def http_error(e):
@@ -352,8 +378,10 @@ def create_app(args):
     @app.errorhandler(Exception)
     def server_error(e):
         app.logger.exception("enhancement failed")  # the traceback goes to the operator's terminal
-        return jsonify(error=f"The server could not enhance this image ({type(e).__name__}: {e}). "
-                             "Try a larger scale factor or a smaller photo."), 500
+        return jsonify(
+            error=f"The server could not enhance this image ({type(e).__name__}: {e}). "
+            "Try a larger scale factor or a smaller photo."
+        ), 500
 
     @app.after_request
     def add_security_headers(response):
@@ -405,12 +433,19 @@ def serve(app, sock, args):
     thread, and a request reaches the app only once its whole body has arrived (a body past
     --max_upload_mb, chunked or not, is refused as it arrives)."""
     return create_server(
-        app, sockets=[sock], ident="SGZ demo",
+        app,
+        sockets=[sock],
+        ident="SGZ demo",
         threads=args.max_running + args.max_waiting + LIGHT_THREADS,
         max_request_body_size=int(args.max_upload_mb * 1e6),
-        connection_limit=connection_limit(), asyncore_use_poll=True,  # select() stops at 1024 descriptors
-        channel_timeout=CHANNEL_TIMEOUT_S, cleanup_interval=CHANNEL_TIMEOUT_S / 3,
-        inbuf_overflow=BUFFER_IN_MEMORY, outbuf_overflow=BUFFER_IN_MEMORY, max_request_header_size=MAX_HEADER_BYTES)
+        connection_limit=connection_limit(),
+        asyncore_use_poll=True,  # select() stops at 1024 descriptors
+        channel_timeout=CHANNEL_TIMEOUT_S,
+        cleanup_interval=CHANNEL_TIMEOUT_S / 3,
+        inbuf_overflow=BUFFER_IN_MEMORY,
+        outbuf_overflow=BUFFER_IN_MEMORY,
+        max_request_header_size=MAX_HEADER_BYTES,
+    )
 
 
 def main(args):
@@ -419,8 +454,10 @@ def main(args):
     server = serve(app, sock, args)
     folder_samples = sum(isinstance(source, Path) for _, source, _ in app.config["SAMPLES"].values())
     print(f"samples: {len(BUILTIN_SAMPLES)} built-in, {folder_samples} from {args.samples_dir}", flush=True)
-    print(f"SGZ demo running: open http://{url_host(args.host)}:{sock.getsockname()[1]} in a browser (Ctrl+C stops it)",
-          flush=True)
+    print(
+        f"SGZ demo running: open http://{url_host(args.host)}:{sock.getsockname()[1]} in a browser (Ctrl+C stops it)",
+        flush=True,
+    )
     try:
         server.run()
     except KeyboardInterrupt:

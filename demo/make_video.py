@@ -11,6 +11,7 @@ packets are copied unchanged (re-encoded to AAC where the output's container can
 rotation and colour tags are carried over, and 10-bit (HDR) input stays 10-bit. The output is
 written to a temporary file and renamed when complete; an output that is the input is refused.
 """
+
 import collections
 import contextlib
 import os
@@ -27,9 +28,19 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from enhance import Enhancer, available_cpus, thread_limits
-from image_io import atomic_output, find_images, interrupt_on_sigterm, load_rgb, remove_stale_temporaries, write_image
-from option import UserError, exit_now, get_video_parser, run_script
+from enhance import Enhancer
+from image_io import find_images, load_rgb, write_image
+from option import get_video_parser
+from runtime import (
+    UserError,
+    atomic_output,
+    available_cpus,
+    exit_now,
+    interrupt_on_sigterm,
+    remove_stale_temporaries,
+    run_script,
+    thread_limits,
+)
 
 FRAMES_IN_FLIGHT = 2  # frames being enhanced ahead of the encoder (each one a few MB at 1080p)
 
@@ -45,13 +56,14 @@ def open_video(path):
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as e:
-        raise UserError(f"{path} is not a readable video ({e.strerror}): not a video file, or a damaged or "
-                         "truncated one") from None
+        raise UserError(
+            f"{path} is not a readable video ({e.strerror}): not a video file, or a damaged or truncated one"
+        ) from None
     if not container.streams.video:
         container.close()
         raise UserError(f"{path} holds no video stream; give a video file")
     if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # FFmpeg reads a photo as
-        container.close()                                                            # a one-frame video
+        container.close()  # a one-frame video
         raise UserError(f"{path} is a still image, not a video; enhance photos with test.py")
     return container
 
@@ -71,8 +83,10 @@ def decoded(container, path, streams):
     except av.error.FFmpegError as e:
         raise UserError(f"{path} is damaged or truncated ({e.strerror}); re-download or re-export it") from None
     if ends_early(video, count, last_pts):
-        raise UserError(f"{path} is damaged or truncated: it stops after {count} of {video.frames} frames; "
-                         "re-download or re-export it")
+        raise UserError(
+            f"{path} is damaged or truncated: it stops after {count} of {video.frames} frames; "
+            "re-download or re-export it"
+        )
 
 
 def ends_early(stream, count, last_pts):
@@ -149,7 +163,8 @@ def to_video_frame(rgb, stream, pts, time_base):
     the stream is tagged with (so a BT.709 input comes back BT.709)."""
     cc = stream.codec_context
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if rgb.dtype == np.uint16 else "rgb24").reformat(
-        format=cc.pix_fmt, dst_colorspace=cc.colorspace, dst_color_range=cc.color_range)
+        format=cc.pix_fmt, dst_colorspace=cc.colorspace, dst_color_range=cc.color_range
+    )
     frame.pts, frame.time_base = pts, time_base
     return frame
 
@@ -164,8 +179,9 @@ def video_writer(path):
         try:
             container = av.open(str(tmp), "w")
         except ValueError:  # FFmpeg guesses the format from the extension
-            raise UserError(f"cannot write {path}: no video format has the extension '{Path(path).suffix}'; "
-                             "use .mp4, .mkv or .mov") from None
+            raise UserError(
+                f"cannot write {path}: no video format has the extension '{Path(path).suffix}'; use .mp4, .mkv or .mov"
+            ) from None
         try:
             with container:
                 yield container
@@ -240,19 +256,36 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
     flicker_in, flicker_out = FlickerMeter(), FlickerMeter()
     frames = last_pts = 0
     # The network gets half the cores, the encoder's own threads the rest (see thread_limits).
-    with open_video(src) as inp, video_writer(dst) as out, ThreadPoolExecutor(1) as worker, \
-            thread_limits(torch_threads=max(1, available_cpus() // 2), opencv_threads=0):
+    with (
+        open_video(src) as inp,
+        video_writer(dst) as out,
+        ThreadPoolExecutor(1) as worker,
+        thread_limits(torch_threads=max(1, available_cpus() // 2), opencv_threads=0),
+    ):
         vin = inp.streams.video[0]
         rate = vin.average_rate or vin.guessed_rate or 30
         numbered, next_pts = inp.format.name == "avi", vin.start_time or 0
-        vout = add_h264_stream(out, vin.codec_context.width, vin.codec_context.height, rate, vin.time_base, crf, preset,
-                               vin.codec_context, deep)
+        vout = add_h264_stream(
+            out,
+            vin.codec_context.width,
+            vin.codec_context.height,
+            rate,
+            vin.time_base,
+            crf,
+            preset,
+            vin.codec_context,
+            deep,
+        )
         vout.set_display_matrix(matrix)
         audio = {a.index: add_audio_stream(out, a) for a in inp.streams.audio}
-        reencoded = {a.index: a.codec_context.name for a in inp.streams.audio
-                     if audio[a.index].codec_context.name != a.codec_context.name}
+        reencoded = {
+            a.index: a.codec_context.name
+            for a in inp.streams.audio
+            if audio[a.index].codec_context.name != a.codec_context.name
+        }
         in_flight = collections.deque()  # (input RGB, pts, future of the enhanced RGB), in display order
         with tqdm(total=vin.frames or None, unit="frame", desc=Path(src).name, dynamic_ncols=True) as bar:
+
             def encode_oldest():
                 rgb, pts, enhanced = in_flight.popleft()
                 enhanced = enhanced.result()
@@ -283,10 +316,17 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
         out.mux(tail)
         for index in reencoded:
             out.mux(audio[index].encode(None))
-    return {"frames": frames, "width": vout.width, "height": vout.height, "codec": vout.codec_context.name,
-            "pix_fmt": vout.pix_fmt, "audio": [a.codec_context.name for a in audio.values()],
-            "audio_reencoded": list(reencoded.values()),
-            "flicker_in": flicker_in.value, "flicker_out": flicker_out.value}
+    return {
+        "frames": frames,
+        "width": vout.width,
+        "height": vout.height,
+        "codec": vout.codec_context.name,
+        "pix_fmt": vout.pix_fmt,
+        "audio": [a.codec_context.name for a in audio.values()],
+        "audio_reencoded": list(reencoded.values()),
+        "flicker_in": flicker_in.value,
+        "flicker_out": flicker_out.value,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,8 +379,10 @@ def frames_to_video(folder, dst, fps, crf=18, preset="medium"):
         for i, path in enumerate(tqdm(paths, unit="frame", desc="I2V")):
             rgb = np.asarray(load_rgb(path))
             if rgb.shape[:2] != (first.height, first.width):
-                raise UserError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, the other frames {first.width}x{first.height}; "
-                                 "all frames of a video must have one size")
+                raise UserError(
+                    f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, the other frames {first.width}x{first.height}; "
+                    "all frames of a video must have one size"
+                )
             out.mux(stream.encode(to_video_frame(rgb, stream, i, 1 / rate)))
         out.mux(stream.encode(None))
     return len(paths)
@@ -374,8 +416,11 @@ def main(args):
         audio = f"audio copied ({', '.join(s['audio'])})" if s["audio"] else "no audio"
         if s["audio_reencoded"]:
             audio += f", {', '.join(s['audio_reencoded'])} re-encoded (the container cannot hold it)"
-        print(f"wrote {dst}: {s['frames']} frames, {s['width']}x{s['height']} {s['codec']} {s['pix_fmt']}, {audio}; flicker (mean |change| of "
-              f"brightness frame to frame): input {s['flicker_in']:.3f}, output {s['flicker_out']:.3f}")
+        print(
+            f"wrote {dst}: {s['frames']} frames, {s['width']}x{s['height']} {s['codec']} {s['pix_fmt']}, {audio}; "
+            f"flicker (mean |change| of "
+            f"brightness frame to frame): input {s['flicker_in']:.3f}, output {s['flicker_out']:.3f}"
+        )
 
 
 if __name__ == "__main__":

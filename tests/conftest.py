@@ -1,5 +1,6 @@
 """Shared test fixtures. `shared` is the project's ../shared folder (or $SGZ_SHARED): reference
 checkpoints and data from elsewhere that are never copied into the project."""
+
 import os
 import sys
 from pathlib import Path
@@ -44,8 +45,10 @@ def strong_weights(tmp_path_factory):
 def dark_image(shape, dtype=np.uint8, seed=0):
     """A smooth, dark test photo (HxW or HxWx3) of the given integer dtype."""
     top = np.iinfo(dtype).max
-    smooth = cv2.resize(np.random.default_rng(seed).random((8, 8, 3)), (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
-    image = np.clip(smooth ** 3 * 0.4 * top, 0, top).astype(dtype)
+    smooth = cv2.resize(
+        np.random.default_rng(seed).random((8, 8, 3)), (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC
+    )
+    image = np.clip(smooth**3 * 0.4 * top, 0, top).astype(dtype)
     return image if len(shape) == 3 else image[..., 0]
 
 
@@ -59,13 +62,19 @@ def max_abs_diff(a, b):
 # `--device cpu` runs them on the CPU, a dry run of the tests themselves (benchmarks/gpu_check.py --device cpu).
 # ---------------------------------------------------------------------------------------------
 def pytest_addoption(parser):
-    parser.addoption("--device", default=None,
-                     help="run the tests marked cuda on this device (cuda, cuda:1; cpu: a dry run on the CPU)")
+    parser.addoption(
+        "--device",
+        default=None,
+        help="run the tests marked cuda on this device (cuda, cuda:1; cpu: a dry run on the CPU)",
+    )
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: checks a device path against the CPU; runs only with --device "
-                                       "(python -m pytest tests -m cuda --device cuda)")
+    config.addinivalue_line(
+        "markers",
+        "cuda: checks a device path against the CPU; runs only with --device "
+        "(python -m pytest tests -m cuda --device cuda)",
+    )
     name = config.getoption("--device")
     if name and torch.device(name).type == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError(f"--device {name}: PyTorch sees no CUDA device on this machine")

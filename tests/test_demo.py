@@ -1,6 +1,7 @@
 """The web demo (demo/app.py): what a visitor sends and gets back, bad uploads, limits, privacy, and
 an end-to-end run in headless Chromium against `python demo/app.py`. What the server refuses to protect
 itself is in test_demo_limits.py."""
+
 import contextlib
 import io
 import os
@@ -18,9 +19,9 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
 from enhance import Enhancer
 from image_io import encode_image, read_image, write_image
 from model import EnhanceNet
@@ -29,8 +30,15 @@ from option import get_demo_parser
 pytest.importorskip("flask", reason="the web demo needs Flask: pip install -r requirements.txt")
 from demo.app import create_app, darken  # noqa: E402  (after the skip: it imports Flask)
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +56,9 @@ def weights(tmp_path_factory):
 
 
 def make_client(weights, tmp_path, *argv):
-    args = get_demo_parser().parse_args(["--weight_dir", str(weights), "--device", "cpu",
-                                         "--samples_dir", str(tmp_path / "no_samples"), *argv])
+    args = get_demo_parser().parse_args(
+        ["--weight_dir", str(weights), "--device", "cpu", "--samples_dir", str(tmp_path / "no_samples"), *argv]
+    )
     return create_app(args).test_client()
 
 
@@ -96,14 +105,17 @@ def test_result_is_exactly_what_test_py_writes(weights, tmp_path):
     assert np.array_equal(as_array(response.data), np.asarray(Image.open(tmp_path / "out.png")))
 
 
-@pytest.mark.parametrize("shape, dtype", [((120, 160), np.uint8), ((120, 160, 4), np.uint8), ((120, 160, 3), np.uint16)])
+@pytest.mark.parametrize(
+    "shape, dtype", [((120, 160), np.uint8), ((120, 160, 4), np.uint8), ((120, 160, 3), np.uint16)]
+)
 def test_grey_alpha_and_16_bit_photos_keep_their_kind(client, shape, dtype):
     peak = np.iinfo(dtype).max
     image = (np.random.default_rng(2).random(shape) * 0.2 * peak).astype(dtype)
     if len(shape) == 3 and shape[2] == 4:
         image[..., 3] = np.arange(160, dtype=dtype)  # a gradient of transparency
-    result = cv2.imdecode(np.frombuffer(enhance(client, encode_image(image, ".png").tobytes()).data, np.uint8),
-                          cv2.IMREAD_UNCHANGED)
+    result = cv2.imdecode(
+        np.frombuffer(enhance(client, encode_image(image, ".png").tobytes()).data, np.uint8), cv2.IMREAD_UNCHANGED
+    )
     assert result.shape == image.shape and result.dtype == dtype
     if len(shape) == 3 and shape[2] == 4:
         assert np.array_equal(result[..., 3], image[..., 3])
@@ -122,14 +134,17 @@ def truncated_jpeg():
     return data[: len(data) // 2]
 
 
-@pytest.mark.parametrize("data, params, status, message", [
-    (b"", {}, 400, "No image received"),
-    (b"%PDF-1.4 this is not a photo", {"name": "notes.pdf"}, 400, "notes.pdf: not a readable image"),
-    (truncated_jpeg(), {}, 400, "corrupt or truncated JPEG"),
-    (dark_photo(), {"scale_factor": 5}, 400, "scale_factor must be one of"),
-    (dark_photo(), {"strength": "bright"}, 400, "strength must be a number"),
-    (dark_photo(), {"strength": 3}, 400, "strength must be a number"),
-])
+@pytest.mark.parametrize(
+    "data, params, status, message",
+    [
+        (b"", {}, 400, "No image received"),
+        (b"%PDF-1.4 this is not a photo", {"name": "notes.pdf"}, 400, "notes.pdf: not a readable image"),
+        (truncated_jpeg(), {}, 400, "corrupt or truncated JPEG"),
+        (dark_photo(), {"scale_factor": 5}, 400, "scale_factor must be one of"),
+        (dark_photo(), {"strength": "bright"}, 400, "strength must be a number"),
+        (dark_photo(), {"strength": 3}, 400, "strength must be a number"),
+    ],
+)
 def test_bad_request_gets_one_clear_message_and_the_server_keeps_serving(client, data, params, status, message):
     response = enhance(client, data, **params)
     assert response.status_code == status
@@ -149,14 +164,18 @@ def test_a_failure_inside_the_enhancer_is_reported_and_the_server_goes_on(client
 
 
 def test_limits_on_bytes_pixels_and_network_size(weights, tmp_path):
-    client = make_client(weights, tmp_path, "--max_upload_mb", "0.2", "--max_mpix", "0.1",
-                         "--max_network_megapixels", "0.01")
+    client = make_client(
+        weights, tmp_path, "--max_upload_mb", "0.2", "--max_mpix", "0.1", "--max_network_megapixels", "0.01"
+    )
     noise = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(noise, "PNG")
     response = enhance(client, noise.getvalue())  # 270 KB
     assert response.status_code == 413 and "0.2 MB" in response.get_json()["error"]
-    chunked = client.post("/api/enhance", input_stream=io.BytesIO(noise.getvalue()),  # a body with no Content-Length
-                          environ_overrides={"wsgi.input_terminated": True})
+    chunked = client.post(
+        "/api/enhance",
+        input_stream=io.BytesIO(noise.getvalue()),  # a body with no Content-Length
+        environ_overrides={"wsgi.input_terminated": True},
+    )
     assert chunked.status_code == 413
     response = enhance(client, dark_photo())  # 451 x 300 = 0.14 MP
     assert response.status_code == 400 and "451x300" in response.get_json()["error"]
@@ -226,8 +245,14 @@ def test_uploads_are_never_written_to_disk(client, tmp_path, monkeypatch):
 
 
 def run_demo(*argv, cwd=ROOT, env=None):
-    return subprocess.run([sys.executable, str(ROOT / "demo" / "app.py"), *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "demo" / "app.py"), *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_bad_weights_stop_the_server_with_one_line(tmp_path):
@@ -255,15 +280,23 @@ def browser():
         from playwright.sync_api import sync_playwright
     except ImportError:
         sync_playwright = None
-    missing = [what for what, ok in (("chromium (Debian: apt-get install chromium)", chromium),
-                                     ("playwright (pip install playwright)", sync_playwright)) if not ok]
+    missing = [
+        what
+        for what, ok in (
+            ("chromium (Debian: apt-get install chromium)", chromium),
+            ("playwright (pip install playwright)", sync_playwright),
+        )
+        if not ok
+    ]
     if missing:
         reason = "the browser test needs " + " and ".join(missing)
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; .ci/run installs them, so CI must run this test")
         pytest.skip(reason)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)  # a fresh profile each launch
+        browser = playwright.chromium.launch(
+            executable_path=chromium, args=CHROMIUM_FLAGS
+        )  # a fresh profile each launch
         yield browser
         browser.close()
 
@@ -276,12 +309,30 @@ def running_demo(weights, tmp_path, *argv):
     workdir.mkdir()
     tempdir.mkdir()
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, str(ROOT / "demo" / "app.py"), "--port", "0", "--device", "cpu",
-                                    "--weight_dir", str(weights), *argv], cwd=workdir,
-                                   env={**os.environ, "TMPDIR": str(tempdir)}, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "demo" / "app.py"),
+                "--port",
+                "0",
+                "--device",
+                "cpu",
+                "--weight_dir",
+                str(weights),
+                *argv,
+            ],
+            cwd=workdir,
+            env={**os.environ, "TMPDIR": str(tempdir)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 120
-        while not (url := re.search(r"http://\S+:\d+", log.read_text())) and process.poll() is None and time.monotonic() < deadline:
+        while (
+            not (url := re.search(r"http://\S+:\d+", log.read_text()))
+            and process.poll() is None
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         assert url, f"the demo did not start: {log.read_text()}"
         yield url.group(), workdir, tempdir, process

@@ -2,6 +2,7 @@
 or its queue (503 + Retry-After), bytes it is not meant to decode (other formats, JPEG scan bombs), POSTs
 from other sites, and, on the real server (waitress), chunked bodies past the limit, a chunked upload
 that hangs up, and idle connections. The heavy versions are benchmarks/bench_demo_attacks.py."""
+
 import http.client
 import io
 import re
@@ -18,12 +19,12 @@ import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
+from test_demo import dark_photo, enhance, make_client, running_demo, weights  # noqa: F401  (weights: a fixture)
 
 import demo.app
 from demo.app import darken
 from enhance import Enhancer
 from image_io import encode_image, image_header
-from test_demo import dark_photo, enhance, make_client, running_demo, weights  # noqa: F401  (weights: a fixture)
 
 
 @pytest.fixture
@@ -34,8 +35,10 @@ def client(weights, tmp_path):  # noqa: F811
 @pytest.fixture
 def no_decoding(monkeypatch):
     """Makes any decoding fail the test: a refusal must come from the header, before any pixel is decoded."""
+
     def decode_image(*args, **kwargs):
         raise AssertionError("decoded an upload that should have been refused from its header")
+
     monkeypatch.setattr(demo.app, "decode_image", decode_image)
 
 
@@ -50,6 +53,7 @@ class HeldEnhancer:
             self.entered.release()
             self.released.wait(60)
             return original(enhancer, *args, **kwargs)
+
         monkeypatch.setattr(Enhancer, "enhance_array", held)
 
 
@@ -134,10 +138,23 @@ def tiled_tiff(size, tile):
     """A black size x size RGB TIFF stored as one deflated tile of tile x tile pixels (a tile may be larger
     than the image; the decoder allocates the whole tile)."""
     pixels = zlib.compress(bytes(tile * tile * 3), 9)
-    tags = [(256, 4, size), (257, 4, size), (258, 3, 8), (259, 3, 8), (262, 3, 2), (277, 3, 3), (284, 3, 1),
-            (322, 4, tile), (323, 4, tile), (324, 4, 8 + 2 + 12 * 11 + 4), (325, 4, len(pixels))]
-    ifd = b"".join(struct.pack("<HHII", tag, kind, 1, value) if kind == 4 else struct.pack("<HHIHH", tag, kind, 1, value, 0)
-                   for tag, kind, value in tags)
+    tags = [
+        (256, 4, size),
+        (257, 4, size),
+        (258, 3, 8),
+        (259, 3, 8),
+        (262, 3, 2),
+        (277, 3, 3),
+        (284, 3, 1),
+        (322, 4, tile),
+        (323, 4, tile),
+        (324, 4, 8 + 2 + 12 * 11 + 4),
+        (325, 4, len(pixels)),
+    ]
+    ifd = b"".join(
+        struct.pack("<HHII", tag, kind, 1, value) if kind == 4 else struct.pack("<HHIHH", tag, kind, 1, value, 0)
+        for tag, kind, value in tags
+    )
     return struct.pack("<2sHIH", b"II", 42, 8, len(tags)) + ifd + struct.pack("<I", 0) + pixels
 
 
@@ -158,14 +175,17 @@ def test_formats_the_page_does_not_offer_are_refused_before_decoding(client, no_
     assert response.status_code == 415 and "anim.gif: this demo does not read GIF files" in response.get_json()["error"]
 
 
-@pytest.mark.parametrize("headers, status", [
-    ({}, 200),  # curl, scripts
-    ({"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}, 200),  # the demo's own page
-    ({"Origin": "http://localhost"}, 200),  # a browser without Fetch Metadata, on the demo's page
-    ({"Sec-Fetch-Site": "cross-site", "Origin": "https://elsewhere.example"}, 403),
-    ({"Sec-Fetch-Site": "same-site", "Origin": "http://other.localhost"}, 403),
-    ({"Origin": "https://elsewhere.example"}, 403),
-])
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({}, 200),  # curl, scripts
+        ({"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}, 200),  # the demo's own page
+        ({"Origin": "http://localhost"}, 200),  # a browser without Fetch Metadata, on the demo's page
+        ({"Sec-Fetch-Site": "cross-site", "Origin": "https://elsewhere.example"}, 403),
+        ({"Sec-Fetch-Site": "same-site", "Origin": "http://other.localhost"}, 403),
+        ({"Origin": "https://elsewhere.example"}, 403),
+    ],
+)
 def test_posts_from_other_sites_pages_are_refused(client, headers, status):
     response = client.post("/api/enhance", data=dark_photo(), headers=headers)
     assert response.status_code == status
@@ -226,8 +246,9 @@ def test_with_no_queue_an_idle_server_still_admits(weights, tmp_path):  # noqa: 
 
 def test_wsgi_app_takes_the_command_line_options(weights, tmp_path):  # noqa: F811
     """The app a WSGI server of the user's own runs (waitress-serve --call demo.app:wsgi_app), limits included."""
-    app = demo.app.wsgi_app("--weight_dir", str(weights), "--device", "cpu", "--samples_dir", str(tmp_path),
-                            "--max_busy_mb", "0.1")
+    app = demo.app.wsgi_app(
+        "--weight_dir", str(weights), "--device", "cpu", "--samples_dir", str(tmp_path), "--max_busy_mb", "0.1"
+    )
     assert app.config["ADMISSION"].budget_bytes == 100_000
     assert enhance(app.test_client(), dark_photo((160, 120))).status_code == 200
     assert enhance(app.test_client(), dark_photo()).status_code == 413  # 451 x 300 x 4 bytes: over 0.1 MB

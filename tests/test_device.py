@@ -7,6 +7,7 @@ checkpoints moving between devices, DDP over NCCL.
 Without --device these tests are skipped; `--device cpu` runs them on the CPU against itself, a dry run of the
 tests (fp16 and NCCL skip there).
 """
+
 import os
 import subprocess
 import sys
@@ -14,13 +15,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, dark_image, max_abs_diff
+from test_video import decode_rgb, make_clip, mv
 
 import image_io
 import train
-from conftest import ROOT, dark_image, max_abs_diff
 from enhance import Enhancer
 from option import get_train_parser
-from test_video import decode_rgb, make_clip, mv
 
 pytestmark = pytest.mark.cuda
 
@@ -64,6 +65,7 @@ def cpu_results():
         if key not in cache:
             cache[key] = Enhancer(weights, device="cpu").enhance_array(make_image(layout, dtype))
         return cache[key]
+
     return get
 
 
@@ -91,14 +93,33 @@ def test_a_photo_larger_than_one_band_of_rows(device, strong_weights):
 
 def test_test_py_on_the_device_equals_the_cpu(device, tmp_path):
     inputs = tmp_path / "in"
-    for name, layout, dtype in [("rgb.png", "rgb", np.uint8), ("grey.png", "grey", np.uint8),
-                                ("rgba.png", "rgba", np.uint8), ("deep.png", "rgb", np.uint16),
-                                ("photo.jpg", "rgb", np.uint8)]:
+    for name, layout, dtype in [
+        ("rgb.png", "rgb", np.uint8),
+        ("grey.png", "grey", np.uint8),
+        ("rgba.png", "rgba", np.uint8),
+        ("deep.png", "rgb", np.uint16),
+        ("photo.jpg", "rgb", np.uint8),
+    ]:
         image_io.write_image(inputs / name, make_image(layout, dtype, shape=(90, 130)))
     for name, d in (("device", device), ("cpu", "cpu")):
-        r = subprocess.run([sys.executable, str(ROOT / "test.py"), "--input_dir", str(inputs), "--test_dir",
-                            str(tmp_path / name), "--weight_dir", str(REAL_WEIGHTS), "--device", str(d)],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "test.py"),
+                "--input_dir",
+                str(inputs),
+                "--test_dir",
+                str(tmp_path / name),
+                "--weight_dir",
+                str(REAL_WEIGHTS),
+                "--device",
+                str(d),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
     for src in sorted(inputs.iterdir()):
         a, b = (image_io.read_image(tmp_path / name / src.name)[0] for name in ("device", "cpu"))
@@ -109,8 +130,9 @@ def test_test_py_on_the_device_equals_the_cpu(device, tmp_path):
 def test_video_on_the_device_equals_the_cpu(device, tmp_path):
     src = make_clip(tmp_path / "in.mp4", 96, 64, frames=12)
     for name, d in (("device", device), ("cpu", "cpu")):
-        summary = mv.enhance_video(Enhancer(REAL_WEIGHTS, device=d), src, tmp_path / f"{name}.mp4",
-                                   temporal_smoothing=0.8, preset="ultrafast")
+        summary = mv.enhance_video(
+            Enhancer(REAL_WEIGHTS, device=d), src, tmp_path / f"{name}.mp4", temporal_smoothing=0.8, preset="ultrafast"
+        )
         assert summary["frames"] == 12
     on_device, on_cpu = decode_rgb(tmp_path / "device.mp4"), decode_rgb(tmp_path / "cpu.mp4")
     assert len(on_device) == len(on_cpu) == 12
@@ -131,10 +153,33 @@ def train_images(tmp_path_factory):
 
 
 def train_args(images, out, device, *extra):
-    return get_train_parser().parse_args([
-        "--lowlight_images_path", str(images), "--snapshots_folder", str(out), "--image_size", "64",
-        "--train_batch_size", "2", "--num_workers", "0", "--device", str(device), "--seg_weight", "0.1",
-        "--seg_backbone", "random", "--lr", str(LR), "--display_iter", "1", "--snapshot_iter", "1", *extra])
+    return get_train_parser().parse_args(
+        [
+            "--lowlight_images_path",
+            str(images),
+            "--snapshots_folder",
+            str(out),
+            "--image_size",
+            "64",
+            "--train_batch_size",
+            "2",
+            "--num_workers",
+            "0",
+            "--device",
+            str(device),
+            "--seg_weight",
+            "0.1",
+            "--seg_backbone",
+            "random",
+            "--lr",
+            str(LR),
+            "--display_iter",
+            "1",
+            "--snapshot_iter",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def mean_abs_difference(a, b):
@@ -151,13 +196,22 @@ def cpu_first_step(train_images, tmp_path_factory):
 
 def one_step(trainer, images):
     """train.train_step with the trainer's own model, loss, optimizer and scaler."""
-    return train.train_step(trainer.model, trainer.criterion, trainer.optimizer, trainer.scaler, images, trainer.device,
-                            trainer.args.amp, trainer.args.grad_clip_norm)
+    return train.train_step(
+        trainer.model,
+        trainer.criterion,
+        trainer.optimizer,
+        trainer.scaler,
+        images,
+        trainer.device,
+        trainer.args.amp,
+        trainer.args.grad_clip_norm,
+    )
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_training_steps_on_the_device_match_the_cpu(device, train_images, cpu_first_step, tmp_path, monkeypatch,
-                                                    request, precision):
+def test_training_steps_on_the_device_match_the_cpu(
+    device, train_images, cpu_first_step, tmp_path, monkeypatch, request, precision
+):
     skip_where_unsupported(device, precision)
     batch, cpu_loss = cpu_first_step
     if precision != "fp32":  # train.py picks bf16 where the GPU has it; fp16 + GradScaler is the older GPUs' path
@@ -189,8 +243,18 @@ def test_a_checkpoint_resumes_on_the_other_device(device, train_images, tmp_path
         t.train()
     with train.Trainer(train_args(train_images, tmp_path / "split", first, *common, "--max_steps", "3")) as t:
         t.train()
-    with train.Trainer(train_args(train_images, tmp_path / "split", second, *common, "--max_steps", "5",
-                                  "--resume", str(tmp_path / "split" / "last.pth"))) as t:
+    with train.Trainer(
+        train_args(
+            train_images,
+            tmp_path / "split",
+            second,
+            *common,
+            "--max_steps",
+            "5",
+            "--resume",
+            str(tmp_path / "split" / "last.pth"),
+        )
+    ) as t:
         assert t.device.type == torch.device(second).type and t.position.step == 3
         t.train()
     split = torch.load(tmp_path / "split" / "last.pth", weights_only=True)
@@ -224,20 +288,46 @@ def test_ddp_over_nccl(device, train_images, tmp_path):
     if device.type != "cuda":
         pytest.skip("NCCL runs on CUDA only")
     gpus = torch.cuda.device_count()
-    common = [str(a) for a in ["--lowlight_images_path", train_images, "--image_size", 64, "--num_workers", 0,
-                               "--seg_weight", 0, "--num_epochs", 1, "--lr", LR, "--device", "cuda"]]
+    common = [
+        str(a)
+        for a in [
+            "--lowlight_images_path",
+            train_images,
+            "--image_size",
+            64,
+            "--num_workers",
+            0,
+            "--seg_weight",
+            0,
+            "--num_epochs",
+            1,
+            "--lr",
+            LR,
+            "--device",
+            "cuda",
+        ]
+    ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(min(gpus, 2))]
     if gpus >= 2:  # train.py's own DDP: each rank takes half of the batch of 2
         argv = [*torchrun, str(ROOT / "train.py"), *common, "--train_batch_size", "1"]
     else:
         (tmp_path / "ddp_over_nccl.py").write_text(DDP_OVER_NCCL)
         argv = [*torchrun, str(tmp_path / "ddp_over_nccl.py"), str(ROOT), *common, "--train_batch_size", "2"]
-    r = subprocess.run([*argv, "--snapshots_folder", str(tmp_path / "ddp")], capture_output=True, text=True,
-                       cwd=ROOT, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [*argv, "--snapshots_folder", str(tmp_path / "ddp")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert gpus >= 2 or "backend nccl world size 1" in r.stdout
-    with train.Trainer(get_train_parser().parse_args([*common, "--train_batch_size", "2", "--snapshots_folder",
-                                                      str(tmp_path / "single")])) as single:
+    with train.Trainer(
+        get_train_parser().parse_args(
+            [*common, "--train_batch_size", "2", "--snapshots_folder", str(tmp_path / "single")]
+        )
+    ) as single:
         single.train()
     ddp = torch.load(tmp_path / "ddp" / "last.pth", weights_only=True)
     assert ddp["step"] == 2

@@ -1,15 +1,16 @@
 """enhance.py: the Enhancer computes what the network computes (to 1/255) in bands and from a few rows,
 on every kind of image, at every scale factor and strength."""
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import dark_image, max_abs_diff
 
 import image_io
 import model
-from conftest import dark_image, max_abs_diff
 from enhance import Enhancer, apply_curve_, resize_axis, row_upsampler
-from option import UserError
+from runtime import UserError
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,9 @@ def test_official_weights_reproduce_the_official_outputs(shared, official_weight
 
 def test_bands_of_rows_equal_the_whole_upsample():
     low = torch.rand(7, 9 * 3) * 2 - 1  # (h, W * 3): the curve map after the column resize
-    whole = F.interpolate(low.view(1, 7, 27, 1).permute(0, 3, 1, 2), size=(50, 27), mode="bilinear",
-                          align_corners=True)[0, 0]
+    whole = F.interpolate(
+        low.view(1, 7, 27, 1).permute(0, 3, 1, 2), size=(50, 27), mode="bilinear", align_corners=True
+    )[0, 0]
     fill = row_upsampler(low, 50)
     for bounds in ([0, 50], [0, 1, 2, 50], [0, 13, 17, 31, 49, 50]):
         bands = [fill(a, b, out=torch.empty(b - a, 27)) for a, b in zip(bounds, bounds[1:])]

@@ -1,4 +1,5 @@
 """evaluate.py and niqe.py: metric values, file matching, outputs and one-line errors."""
+
 import csv
 import json
 import subprocess
@@ -15,7 +16,8 @@ from PIL import Image
 import evaluate
 import niqe
 from image_io import IMAGE_EXTENSIONS
-from option import UserError, get_evaluate_parser
+from option import get_evaluate_parser
+from runtime import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,6 +118,7 @@ def test_lpips_is_skipped_in_one_line_when_weights_are_absent(tmp_path, monkeypa
 def test_lpips_runs_with_local_weights(tmp_path, monkeypatch):
     pytest.importorskip("lpips")
     import torchvision
+
     (tmp_path / "checkpoints").mkdir()
     torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "checkpoints" / evaluate.ALEXNET)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
@@ -125,10 +128,15 @@ def test_lpips_runs_with_local_weights(tmp_path, monkeypatch):
     assert distance(gt, gt) == pytest.approx(0.0, abs=1e-6)
     # lpips's own loading (torchvision reads the same cached file) gives the same number
     import lpips
+
     reference = lpips.LPIPS(net="alex", verbose=False)
     with torch.inference_mode():
-        expected = float(reference(torch.from_numpy(pred).permute(2, 0, 1)[None].float() * 2 - 1,
-                                   torch.from_numpy(gt).permute(2, 0, 1)[None].float() * 2 - 1))
+        expected = float(
+            reference(
+                torch.from_numpy(pred).permute(2, 0, 1)[None].float() * 2 - 1,
+                torch.from_numpy(gt).permute(2, 0, 1)[None].float() * 2 - 1,
+            )
+        )
     assert distance(pred, gt) == pytest.approx(expected, rel=1e-5) and expected > 0
 
 
@@ -150,9 +158,26 @@ def folders(tmp_path):
 
 def test_evaluate_writes_tables_and_pictures(folders, capsys):
     out = folders / "eval"
-    run(["--pred_dir", str(folders / "m1"), str(folders / "m2"), "--labels", "ours", "other",
-        "--gt_dir", str(folders / "gt"), "--input_dir", str(folders / "input"), "--out_dir", str(out),
-        "--grid", "--grid_height", "64", "--no-lpips"])
+    run(
+        [
+            "--pred_dir",
+            str(folders / "m1"),
+            str(folders / "m2"),
+            "--labels",
+            "ours",
+            "other",
+            "--gt_dir",
+            str(folders / "gt"),
+            "--input_dir",
+            str(folders / "input"),
+            "--out_dir",
+            str(out),
+            "--grid",
+            "--grid_height",
+            "64",
+            "--no-lpips",
+        ]
+    )
     stdout = capsys.readouterr().out
     assert "| ours | A | 2 |" in stdout and "| other | all | 3 |" in stdout
     assert stdout == (out / "summary.md").read_text()
@@ -180,8 +205,16 @@ def test_crop_compares_the_common_top_left_region(folders):
     for path in (folders / "m1").rglob("*.jpg"):  # as the official script: cropped to multiples of 12
         save(path.with_suffix(".png"), np.asarray(Image.open(path))[:120, :180] / 255.0)
         path.unlink()
-    argv = ["--pred_dir", str(folders / "m1"), "--gt_dir", str(folders / "gt"), "--out_dir", str(folders / "eval"),
-            "--no-niqe", "--no-lpips"]
+    argv = [
+        "--pred_dir",
+        str(folders / "m1"),
+        "--gt_dir",
+        str(folders / "gt"),
+        "--out_dir",
+        str(folders / "eval"),
+        "--no-niqe",
+        "--no-lpips",
+    ]
     with pytest.raises(UserError, match="is 192x128 but .* is 180x120; pass --crop"):
         run(argv)
     run(argv + ["--crop"])
@@ -189,16 +222,26 @@ def test_crop_compares_the_common_top_left_region(folders):
         assert {(r["width"], r["height"]) for r in csv.DictReader(f)} == {("180", "120")}
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty", "no images in"),
-    ("no_match", "no file name is in every folder"),
-    ("unreadable", "not a readable image"),
-    ("out_inside", "lies inside"),
-    ("labels", "--labels gives 2 names for 1"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", "no images in"),
+        ("no_match", "no file name is in every folder"),
+        ("unreadable", "not a readable image"),
+        ("out_inside", "lies inside"),
+        ("labels", "--labels gives 2 names for 1"),
+    ],
+)
 def test_bad_input_is_one_clear_error(folders, case, message):
-    argv = ["--pred_dir", str(folders / "m1"), "--gt_dir", str(folders / "gt"), "--out_dir", str(folders / "eval"),
-            "--no-niqe"]
+    argv = [
+        "--pred_dir",
+        str(folders / "m1"),
+        "--gt_dir",
+        str(folders / "gt"),
+        "--out_dir",
+        str(folders / "eval"),
+        "--no-niqe",
+    ]
     if case == "empty":
         (folders / "empty").mkdir()
         argv[1] = str(folders / "empty")
@@ -218,9 +261,21 @@ def test_bad_input_is_one_clear_error(folders, case, message):
 
 def test_command_line_error_is_one_line_and_nonzero(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--pred_dir", str(tmp_path / "empty"),
-                             "--out_dir", str(tmp_path / "eval")], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "evaluate.py"),
+            "--pred_dir",
+            str(tmp_path / "empty"),
+            "--out_dir",
+            str(tmp_path / "eval"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 2  # the command cannot run
-    assert result.stderr.strip().splitlines() == [f"error: no images in {tmp_path / 'empty'} (looked for "
-                                                  f"{' '.join(IMAGE_EXTENSIONS)}, recursively)"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: no images in {tmp_path / 'empty'} (looked for {' '.join(IMAGE_EXTENSIONS)}, recursively)"
+    ]
     assert not (tmp_path / "eval").exists()

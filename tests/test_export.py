@@ -1,17 +1,19 @@
 """export.py: the ONNX graph computes model.EnhanceNet at every size, in ONNX Runtime and OpenCV's DNN module,
 reproduces test.py's output (enhance.Enhancer) on photos, and fails in one line on a user's mistake."""
+
 import cv2
 import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import ROOT, dark_image, max_abs_diff
 
 import export
 import image_io
 import model
-from conftest import ROOT, dark_image, max_abs_diff
 from enhance import Enhancer
-from option import get_export_parser, run_script
+from option import get_export_parser
+from runtime import run_script
 
 SHIPPED = ROOT / "weight" / "sgz.pth"
 # Odd sizes, sizes where H / 12 is a rounding tie (18 -> 2, 30 -> 2, 42 -> 4: half to even), and 1 x 1.
@@ -87,7 +89,9 @@ def test_opencv_dnn_matches_pytorch(strong_onnx, strong_weights, size):
 @pytest.mark.parametrize("scale_factor", [1, 7])
 def test_other_scale_factors(strong_weights, tmp_path, scale_factor):
     path = tmp_path / "s.onnx"
-    assert run_export("--weight_dir", strong_weights, "--output", path, "--scale_factor", scale_factor, "--opset", 11) == 0
+    assert (
+        run_export("--weight_dir", strong_weights, "--output", path, "--scale_factor", scale_factor, "--opset", 11) == 0
+    )
     x = random_batch((23, 38))
     got = export.onnx_session(path).run(None, {"image": x})[0]
     assert np.abs(got - pytorch_reference(strong_weights, x, scale_factor)).max() < 1e-4
@@ -143,8 +147,10 @@ def test_official_weights_export(official_weights, tmp_path):
     path = tmp_path / "official.onnx"
     assert run_export("--weight_dir", official_weights, "--output", path) == 0
     x = random_batch((97, 131))
-    assert np.abs(export.onnx_session(path).run(None, {"image": x})[0]
-                  - pytorch_reference(official_weights, x)).max() < 1e-4
+    assert (
+        np.abs(export.onnx_session(path).run(None, {"image": x})[0] - pytorch_reference(official_weights, x)).max()
+        < 1e-4
+    )
 
 
 def test_bad_weights_is_one_line_error(tmp_path, capsys):

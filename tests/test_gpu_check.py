@@ -1,19 +1,34 @@
 """benchmarks/gpu_check.py on the CPU (its smoke test, --quick): every stage runs in its own process and lands
 in the results file; a failing stage is recorded and the run goes on; the deadline skips what would not fit."""
+
 import json
 import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, dark_image
 
 import image_io
-from conftest import ROOT, dark_image
 
 
 def gpu_check(tmp_path, *argv):
     out = tmp_path / "results.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
-                        "--out", str(out), *argv], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--out",
+            str(out),
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     return r, json.loads(out.read_text())
 
 
@@ -38,8 +53,12 @@ def test_cpu_smoke_run_fills_every_stage(tmp_path, photos):
     inference = stages["inference"]
     assert {(c["precision"], c["mode"]) for c in inference["checks"]} == {("fp32", "eager"), ("bf16", "eager")}
     assert all(c["max_diff_vs_enhancer"] <= 1 for c in inference["checks"])
-    assert {(d["precision"], d["batch"]) for d in inference["device"] if d["frames_per_s"] > 0} == \
-        {("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)}
+    assert {(d["precision"], d["batch"]) for d in inference["device"] if d["frames_per_s"] > 0} == {
+        ("fp32", 1),
+        ("fp32", 2),
+        ("bf16", 1),
+        ("bf16", 2),
+    }
     assert "CUDA" in inference["skipped"][0]
 
     training = {run["setting"]: run for run in stages["training"]["runs"]}
@@ -68,21 +87,37 @@ def test_a_failing_stage_is_recorded_with_its_error(tmp_path):
 def test_the_deadline_leaves_out_what_would_not_fit(tmp_path):
     r, results = gpu_check(tmp_path, "--stages", "training", "--deadline", "5")
     assert r.returncode == 1
-    assert results["stages"]["training"]["status"] == "not_run" and "deadline" in results["stages"]["training"]["reason"]
+    assert (
+        results["stages"]["training"]["status"] == "not_run" and "deadline" in results["stages"]["training"]["reason"]
+    )
 
 
 def test_bars_are_judged_on_cuda_results():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu_check
+
     run = {"precision": "fp16", "mode": "compiled+graph", "batch": 32}
     stages = {
-        "inference": {"status": "ok", "device_name": "GPU", "frame": "1200x900 RGB uint8", "checks": [],
-                      "device": [{**run, "frames_per_s": 9000.0}, {**run, "batch": 1, "frames_per_s": 12000.0}],
-                      "host_to_host": [{**run, "frames_per_s": 2400.0}, {**run, "error": "Traceback\nRuntimeError: x"}]},
-        "training": {"status": "ok", "size": 512, "batch": 6, "semantic_loss": True, "runs": [
-            {"setting": "official-like", "s_per_image": 0.1, "vs_official_like": 1.0, "loss": 3.0, "peak_mb": 9},
-            {"setting": "ours fp32", "s_per_image": 0.04, "vs_official_like": 0.4, "loss": 3.0, "peak_mb": 9},
-            {"setting": "ours amp", "s_per_image": 0.03, "vs_official_like": 0.3, "loss": 3.0, "peak_mb": 9}]}}
+        "inference": {
+            "status": "ok",
+            "device_name": "GPU",
+            "frame": "1200x900 RGB uint8",
+            "checks": [],
+            "device": [{**run, "frames_per_s": 9000.0}, {**run, "batch": 1, "frames_per_s": 12000.0}],
+            "host_to_host": [{**run, "frames_per_s": 2400.0}, {**run, "error": "Traceback\nRuntimeError: x"}],
+        },
+        "training": {
+            "status": "ok",
+            "size": 512,
+            "batch": 6,
+            "semantic_loss": True,
+            "runs": [
+                {"setting": "official-like", "s_per_image": 0.1, "vs_official_like": 1.0, "loss": 3.0, "peak_mb": 9},
+                {"setting": "ours fp32", "s_per_image": 0.04, "vs_official_like": 0.4, "loss": 3.0, "peak_mb": 9},
+                {"setting": "ours amp", "s_per_image": 0.03, "vs_official_like": 0.3, "loss": 3.0, "peak_mb": 9},
+            ],
+        },
+    }
     bars, lines = gpu_check.bars_and_summary({"device": "cuda", "stages": stages})
     assert [(bar["value"], bar["met"]) for bar in bars] == [(12000.0, True), (2400.0, False), (0.4, True), (0.3, False)]
     assert "ERROR RuntimeError: x" in "\n".join(lines)

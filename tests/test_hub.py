@@ -1,10 +1,11 @@
 """hubconf.py through torch.hub itself, from this clone (source="local": offline)."""
+
 import pytest
 import torch
+from conftest import ROOT
 
 import model
-from conftest import ROOT
-from option import UserError
+from runtime import UserError
 
 SHIPPED = ROOT / "weight" / "sgz.pth"
 

@@ -1,13 +1,14 @@
 """image_io.py: reading and writing images of every kind, atomically, with one clear error for bad files."""
+
 import os
 
 import numpy as np
 import pytest
+from conftest import dark_image
 from PIL import Image
 
 import image_io
-from conftest import dark_image
-from option import UserError
+from runtime import UserError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -16,10 +17,15 @@ from option import UserError
 def test_read_write_round_trips_keep_mode_depth_and_alpha(tmp_path):
     rgb = dark_image((30, 40, 3))
     cases = {
-        "rgb.png": rgb, "rgb.bmp": rgb, "rgb.tif": rgb, "rgb.webp": rgb,
+        "rgb.png": rgb,
+        "rgb.bmp": rgb,
+        "rgb.tif": rgb,
+        "rgb.webp": rgb,
         "grey.png": rgb[..., 0].copy(),
-        "rgba.png": np.dstack([rgb, rgb[..., :1] * 0 + 77]), "rgba.webp": np.dstack([rgb, rgb[..., :1] * 0 + 77]),
-        "deep.png": dark_image((30, 40, 3), np.uint16), "deep.tif": dark_image((30, 40, 3), np.uint16),
+        "rgba.png": np.dstack([rgb, rgb[..., :1] * 0 + 77]),
+        "rgba.webp": np.dstack([rgb, rgb[..., :1] * 0 + 77]),
+        "deep.png": dark_image((30, 40, 3), np.uint16),
+        "deep.tif": dark_image((30, 40, 3), np.uint16),
         "deep_grey.png": dark_image((30, 40), np.uint16),
     }
     for name, image in cases.items():
@@ -51,6 +57,7 @@ def test_palette_images_and_lying_extensions(tmp_path):
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_is_applied_like_pillow(tmp_path, orientation):
     from PIL import ImageOps
+
     rgb = dark_image((30, 40, 3))
     rgb[:5, :10] = 255  # something asymmetric
     exif = Image.Exif()
@@ -68,7 +75,7 @@ def test_broken_files_raise_one_clear_error(tmp_path, capfd):
     for name, fmt in (("t.png", "PNG"), ("t.jpg", "JPEG")):
         Image.fromarray(rgb).save(tmp_path / name, format=fmt)
         data = (tmp_path / name).read_bytes()
-        (tmp_path / name).write_bytes(data[:len(data) // 2])
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
     (tmp_path / "notes.jpg").write_text("not an image")
     for name in ("t.png", "t.jpg", "notes.jpg"):
         with pytest.raises(UserError, match=name):
@@ -77,8 +84,6 @@ def test_broken_files_raise_one_clear_error(tmp_path, capfd):
     Image.fromarray(rgb).save(tmp_path / "big.png")
     with pytest.raises(UserError, match="above the limit"):
         image_io.read_image(tmp_path / "big.png", max_pixels=1000)
-
-
 
 
 def current_umask():

@@ -1,12 +1,20 @@
 """The five losses against the values the official code computed (../shared/reference/parity.json)."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from loss import (ColorConstancyLoss, ExposureLoss, FocalLoss, IlluminationSmoothnessLoss, SGZLoss,
-                  SpatialConsistencyLoss, self_target)
+from loss import (
+    ColorConstancyLoss,
+    ExposureLoss,
+    FocalLoss,
+    IlluminationSmoothnessLoss,
+    SGZLoss,
+    SpatialConsistencyLoss,
+    self_target,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +70,8 @@ def test_combined_loss_uses_the_papers_weights(ref):
 def test_loss_weights_are_options(ref):
     t, e = ref
     total, _ = SGZLoss(tv_weight=0, spa_weight=0, color_weight=0, exp_weight=1, exp_level=0.5)(
-        t["loss_low"], t["loss_enh"], t["loss_A"])
+        t["loss_low"], t["loss_enh"], t["loss_A"]
+    )
     close(total.item(), e["exp16_E0.5"])
 
 
@@ -77,4 +86,5 @@ def test_spatial_kernels_are_the_eight_neighbours():
     assert k.shape == (8, 1, 3, 3)
     assert torch.all(k[:, 0, 1, 1] == 1) and torch.all(k.sum(dim=(1, 2, 3)) == 0)
     assert {tuple((k[i, 0] == -1).nonzero()[0].tolist()) for i in range(8)} == {
-        (r, c) for r in range(3) for c in range(3) if (r, c) != (1, 1)}
+        (r, c) for r in range(3) for c in range(3) if (r, c) != (1, 1)
+    }

@@ -1,15 +1,16 @@
 """image_io.py with the files phones and cameras make: EXIF/ICC/XMP carried into the outputs, HEIC and AVIF,
 grey with alpha, and corrupt or forged files refused. Every file is made here, at test time."""
+
 import io
 import struct
 
 import numpy as np
 import pytest
+from conftest import dark_image
 from PIL import ExifTags, Image, ImageCms
 
 import image_io
-from conftest import dark_image
-from option import UserError
+from runtime import UserError
 
 ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # an RGB profile, as PNG requires
 XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/><!-- sgz test --></x:xmpmeta>'
@@ -33,10 +34,10 @@ def add_ifd1(exif_bytes):
     big = tiff[:2] == b"MM"
     order = ">" if big else "<"
     ifd0 = struct.unpack(order + "I", tiff[4:8])[0]
-    count = struct.unpack(order + "H", tiff[ifd0:ifd0 + 2])[0]
+    count = struct.unpack(order + "H", tiff[ifd0 : ifd0 + 2])[0]
     next_at = ifd0 + 2 + 12 * count
     offset = len(tiff)
-    tiff[next_at:next_at + 4] = struct.pack(order + "I", offset)
+    tiff[next_at : next_at + 4] = struct.pack(order + "I", offset)
     tiff += struct.pack(order + "H", 1) + struct.pack(order + "HHII", 0x0202, 4, 1, 1234) + struct.pack(order + "I", 0)
     return b"Exif\x00\x00" + bytes(tiff)
 
@@ -96,8 +97,9 @@ def test_png_keeps_icc_exif_and_xmp():
     assert out.info["icc_profile"] == ICC
     assert_camera_exif_kept(out.getexif())
     # XMP: Pillow writes none into PNG, so a PNG with our iTXt chunk is the input of a second round
-    _, again = round_trip(image_io.encode_image(image, ".png", 95, {"xmp": XMP, "icc_profile": ICC}).tobytes(),
-                          "x.png", ".png")
+    _, again = round_trip(
+        image_io.encode_image(image, ".png", 95, {"xmp": XMP, "icc_profile": ICC}).tobytes(), "x.png", ".png"
+    )
     assert again.info["xmp"] == XMP and again.info["icc_profile"] == ICC
     np.testing.assert_array_equal(np.asarray(again), image)  # the chunks change no pixel
 
@@ -158,8 +160,8 @@ def test_grey_with_alpha_keeps_its_alpha():
 
 def test_jpeg_cut_short_is_an_error_unless_allowed(capfd):
     data = save((np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8), "JPEG", quality=95)
-    cut = data[:int(len(data) * 0.4)] + b"\xff\xd9"  # cut to 40% and closed with an end marker
-    for broken in (cut, data[:int(len(data) * 0.4)]):
+    cut = data[: int(len(data) * 0.4)] + b"\xff\xd9"  # cut to 40% and closed with an end marker
+    for broken in (cut, data[: int(len(data) * 0.4)]):
         with pytest.raises(UserError, match=r"cut\.jpg: corrupt or truncated JPEG .*--allow_corrupt"):
             image_io.decode_image(broken, "cut.jpg")
     image, _ = image_io.decode_image(cut, "cut.jpg", strict=False)
@@ -171,7 +173,7 @@ def test_tiny_jpeg_declaring_a_huge_size_is_refused_before_decoding(monkeypatch)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # as the scripts run
     data = bytearray(save(np.zeros((16, 16, 3), np.uint8), "JPEG"))
     sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = (14000).to_bytes(2, "big") * 2  # height, width
+    data[sof + 5 : sof + 9] = (14000).to_bytes(2, "big") * 2  # height, width
     assert len(data) < 1000
     with pytest.raises(UserError, match=r"bomb\.jpg: its \d+ bytes cannot hold the 14000x14000 pixels"):
         image_io.decode_image(bytes(data), "bomb.jpg")

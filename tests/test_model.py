@@ -6,7 +6,7 @@ import torch
 
 from loss import SGZLoss
 from model import EnhanceNet, SegmentationNet, apply_curve, load_enhance_net
-from option import UserError
+from runtime import UserError
 
 
 def parity_input(z, i):
@@ -111,7 +111,7 @@ def test_curve_is_eight_steps_with_one_map():
     x, r = torch.full((1, 3, 2, 2), 0.2), torch.full((1, 3, 2, 2), -0.5)
     expected = 0.2
     for _ in range(8):
-        expected = expected + -0.5 * (expected ** 2 - expected)
+        expected = expected + -0.5 * (expected**2 - expected)
     assert torch.allclose(apply_curve(x, r), torch.full_like(x, expected))
 
 
@@ -167,7 +167,7 @@ def test_offline_backbone_falls_back_to_random_with_one_warning(monkeypatch, cap
 def test_local_backbone_file_is_used(tmp_path):
     resnet = SegmentationNet(backbone="random").resnet
     torch.nn.init.constant_(resnet.conv1.weight, 0.5)
-    sd = {k: v for k, v in resnet.state_dict().items()}
+    sd = dict(resnet.state_dict())
     sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)  # as torchvision saves it
     torch.save(sd, tmp_path / "r50.pth")
     seg = SegmentationNet(backbone=str(tmp_path / "r50.pth"))

@@ -1,4 +1,5 @@
 """test.py: the command line's files, messages and exit codes."""
+
 import io
 import os
 import runpy
@@ -7,12 +8,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, dark_image
 from PIL import Image, ImageFile
 
 import image_io
 import test as sgz_test  # the project's test.py (by module, so pytest does not collect Tester)
-from conftest import ROOT, dark_image
-from option import get_test_parser, run_script
+from option import get_test_parser
+from runtime import run_script
 
 SAMPLES = sorted(runpy.run_path(str(ROOT / "data" / "make_samples.py"))["SAMPLES"])  # the shipped dark photos
 
@@ -49,7 +51,7 @@ def photo_tree(tmp_path):
     Image.fromarray(rgb).save(src / "sub" / "f_rotated.jpg", exif=exif.tobytes())
     (src / "readme.txt").write_text("delete me, said the official README")
     data = (src / "a.png").read_bytes()
-    (src / "sub" / "truncated.png").write_bytes(data[:len(data) // 2])
+    (src / "sub" / "truncated.png").write_bytes(data[: len(data) // 2])
     return src
 
 
@@ -59,8 +61,15 @@ def test_folder_run_mirrors_the_tree_and_reports_bad_files(weights, photo_tree, 
     err = capsys.readouterr().err
     assert code == 1  # one truncated file
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
-    assert written == ["a.png", "d_rgba16.png", "e_grey.bmp", "sub", "sub/b.jpg", "sub/c_really_jpeg.png",
-                       "sub/f_rotated.jpg"]  # no temporary file left behind, nothing for the bad ones
+    assert written == [
+        "a.png",
+        "d_rgba16.png",
+        "e_grey.bmp",
+        "sub",
+        "sub/b.jpg",
+        "sub/c_really_jpeg.png",
+        "sub/f_rotated.jpg",
+    ]  # no temporary file left behind, nothing for the bad ones
     assert err.count("readme.txt") == 1 and "not an image" in err
     assert sum("truncated.png" in line for line in err.splitlines()) == 2  # its error line and the summary
     assert "Traceback" not in err
@@ -105,8 +114,19 @@ def test_clear_errors_for_what_cannot_run(weights, tmp_path, monkeypatch, capsys
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert (tmp_path / "photos" / "p.png").read_bytes() == before
-    code = run_main(["--input_dir", tmp_path / "photos", "--test_dir", tmp_path / "out", "--weight_dir", weights,
-                     "--max_mpix", "0.0001"], monkeypatch)
+    code = run_main(
+        [
+            "--input_dir",
+            tmp_path / "photos",
+            "--test_dir",
+            tmp_path / "out",
+            "--weight_dir",
+            weights,
+            "--max_mpix",
+            "0.0001",
+        ],
+        monkeypatch,
+    )
     assert code == 1 and "above the limit" in capsys.readouterr().err
 
 
@@ -114,13 +134,19 @@ def test_one_file_in_and_output_inside_the_input_folder(weights, tmp_path, monke
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(dark_image((20, 30, 3))).save(photos / "p.png")
-    assert run_main(["--input_dir", photos / "p.png", "--test_dir", tmp_path / "one", "--weight_dir", weights],
-                    monkeypatch) == 0
+    assert (
+        run_main(
+            ["--input_dir", photos / "p.png", "--test_dir", tmp_path / "one", "--weight_dir", weights], monkeypatch
+        )
+        == 0
+    )
     assert (tmp_path / "one" / "p.png").is_file()
     # Results written inside the input folder are not taken as inputs on the next run.
     for _ in range(2):
-        assert run_main(["--input_dir", photos, "--test_dir", photos / "enhanced", "--weight_dir", weights],
-                        monkeypatch) == 0
+        assert (
+            run_main(["--input_dir", photos, "--test_dir", photos / "enhanced", "--weight_dir", weights], monkeypatch)
+            == 0
+        )
     assert sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.png")) == ["enhanced/p.png", "p.png"]
 
 
@@ -129,11 +155,25 @@ def test_torchrun_ranks_take_disjoint_shares(weights, tmp_path):
     src.mkdir()
     for i in range(5):
         Image.fromarray(dark_image((20, 30, 3), seed=i)).save(src / f"{i}.png")
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "test.py"), "--input_dir", str(src),
-                               "--test_dir", str(tmp_path / f"out{rank}"), "--weight_dir", str(weights)],
-                              env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-                                   "LOCAL_WORLD_SIZE": "2"},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "test.py"),
+                "--input_dir",
+                str(src),
+                "--test_dir",
+                str(tmp_path / f"out{rank}"),
+                "--weight_dir",
+                str(weights),
+            ],
+            env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     shares = [sorted(p.name for p in (tmp_path / f"out{rank}").iterdir()) for rank in (0, 1)]
@@ -160,24 +200,31 @@ def test_long_names_linked_folders_and_cut_jpegs(weights, tmp_path, monkeypatch,
     (elsewhere / "loop").symlink_to(src, target_is_directory=True)  # in/album/loop -> in: must not recurse
     buffer = io.BytesIO()
     Image.fromarray((np.random.default_rng(1).random((90, 120, 3)) * 255).astype(np.uint8)).save(buffer, "JPEG")
-    (src / "cut.jpg").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) * 4 // 10] + b"\xff\xd9")
+    (src / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 4 // 10] + b"\xff\xd9")
     before = tree_bytes(src)
     out = tmp_path / "out"
     code = run_main(["--input_dir", src, "--test_dir", out, "--weight_dir", weights], monkeypatch)
     err = capsys.readouterr().err
     assert code == 1
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
-        ["album/linked.png", long_name]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "album/linked.png",
+        long_name,
+    ]
     assert "cut.jpg: corrupt or truncated JPEG" in err and "a loop" in err
     assert tree_bytes(src) == before  # inputs untouched
     # --allow_corrupt enhances it anyway
-    assert run_main(["--input_dir", src / "cut.jpg", "--test_dir", out, "--weight_dir", weights,
-                     "--allow_corrupt"], monkeypatch) == 0
+    assert (
+        run_main(
+            ["--input_dir", src / "cut.jpg", "--test_dir", out, "--weight_dir", weights, "--allow_corrupt"], monkeypatch
+        )
+        == 0
+    )
     assert image_io.read_image(out / "cut.jpg")[0].shape == (90, 120, 3)
 
 
 def test_metadata_and_formats_through_the_command_line(weights, tmp_path, monkeypatch):
     from test_metadata import ICC, assert_camera_exif_kept, camera_exif
+
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(dark_image((40, 60, 3))).save(src / "a.jpg", exif=camera_exif(orientation=8), icc_profile=ICC)
@@ -188,13 +235,22 @@ def test_metadata_and_formats_through_the_command_line(weights, tmp_path, monkey
     assert_camera_exif_kept(a.getexif())
     assert b.format == "HEIF" and b.size == (60, 40)
     assert_camera_exif_kept(b.getexif())
-    assert run_main(["--input_dir", src, "--test_dir", tmp_path / "png", "--weight_dir", weights,
-                     "--output_format", "png"], monkeypatch) == 0
+    assert (
+        run_main(
+            ["--input_dir", src, "--test_dir", tmp_path / "png", "--weight_dir", weights, "--output_format", "png"],
+            monkeypatch,
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a.png", "b.png"]
     assert Image.open(tmp_path / "png" / "a.png").info["icc_profile"] == ICC
     small = tmp_path / "q"
-    assert run_main(["--input_dir", src / "a.jpg", "--test_dir", small, "--weight_dir", weights,
-                     "--quality", "20"], monkeypatch) == 0
+    assert (
+        run_main(
+            ["--input_dir", src / "a.jpg", "--test_dir", small, "--weight_dir", weights, "--quality", "20"], monkeypatch
+        )
+        == 0
+    )
     assert (small / "a.jpg").stat().st_size < (tmp_path / "same" / "a.jpg").stat().st_size
 
 
@@ -218,6 +274,7 @@ def test_output_folders_that_cannot_take_the_results_fail_before_computing(weigh
         if str(path).startswith(str(read_only)):
             raise PermissionError(13, "Permission denied")
         return real_open(path, *args, **kwargs)
+
     with monkeypatch.context() as m:
         m.setattr(os, "open", refusing_open)
         assert run_main(base + ["--test_dir", read_only], monkeypatch) == 2
@@ -240,21 +297,27 @@ def test_output_folders_that_cannot_take_the_results_fail_before_computing(weigh
 
 def shutil_usage(free):
     import shutil
-    return shutil._ntuple_diskusage(10 ** 12, 10 ** 12 - free, free)
+
+    return shutil._ntuple_diskusage(10**12, 10**12 - free, free)
 
 
 def test_nan_weights_and_bad_option_values(tmp_path, monkeypatch, capsys):
     import torch
 
     import model
+
     net = model.EnhanceNet()
     with torch.no_grad():
         net.e_conv7.point_conv.weight.fill_(float("nan"))
     torch.save(net.state_dict(), tmp_path / "nan.pth")
     Image.fromarray(dark_image((20, 30, 3))).save(tmp_path / "p.png")
     out = tmp_path / "out"
-    assert run_main(["--input_dir", tmp_path / "p.png", "--test_dir", out, "--weight_dir", tmp_path / "nan.pth"],
-                    monkeypatch) == 2
+    assert (
+        run_main(
+            ["--input_dir", tmp_path / "p.png", "--test_dir", out, "--weight_dir", tmp_path / "nan.pth"], monkeypatch
+        )
+        == 2
+    )
     assert "NaN or infinite weights" in capsys.readouterr().err and not out.exists()
     for flag, value in (("--max_mpix", "nan"), ("--max_mpix", "-1"), ("--workers", "-2"), ("--quality", "101")):
         with pytest.raises(SystemExit) as exit_info:
@@ -265,14 +328,20 @@ def test_nan_weights_and_bad_option_values(tmp_path, monkeypatch, capsys):
 def test_non_finite_network_output_is_an_error(weights, tmp_path, monkeypatch, capsys):
     """Finite weights can still overflow (fp16, extreme inputs): every such image is named, none is written."""
     from enhance import Enhancer
+
     real = Enhancer.curve_map_rows
 
     def poisoned(self, rgb, *args):
         return real(self, rgb * float("inf"), *args)
+
     monkeypatch.setattr(Enhancer, "curve_map_rows", poisoned)
     Image.fromarray(dark_image((20, 30, 3))).save(tmp_path / "p.png")
-    assert run_main(["--input_dir", tmp_path / "p.png", "--test_dir", tmp_path / "out", "--weight_dir", weights],
-                    monkeypatch) == 1
+    assert (
+        run_main(
+            ["--input_dir", tmp_path / "p.png", "--test_dir", tmp_path / "out", "--weight_dir", weights], monkeypatch
+        )
+        == 1
+    )
     assert "not finite" in capsys.readouterr().err and not (tmp_path / "out" / "p.png").exists()
 
 
@@ -286,9 +355,24 @@ def test_stale_temporaries_are_cleaned_and_sigterm_leaves_none(weights, tmp_path
     alive = out / f".sgz-{os.getpid()}-00c0ffee.tmp.png"  # a writer still at work
     dead.write_bytes(b"half")
     alive.write_bytes(b"half")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "test.py"), "--input_dir", str(src), "--test_dir", str(out),
-                             "--weight_dir", str(weights), "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "test.py"),
+            "--input_dir",
+            str(src),
+            "--test_dir",
+            str(out),
+            "--weight_dir",
+            str(weights),
+            "--workers",
+            "2",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     import time
+
     deadline = time.monotonic() + 60
     while not any(p.suffix == ".png" and not p.name.startswith(".") for p in out.iterdir()):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
@@ -304,13 +388,19 @@ def test_stale_temporaries_are_cleaned_and_sigterm_leaves_none(weights, tmp_path
 
 def test_a_disk_that_fills_up_during_the_run_is_named_plainly(weights, tmp_path, monkeypatch, capsys):
     import errno
+
     Image.fromarray(dark_image((20, 30, 3))).save(tmp_path / "p.png")
 
     def full(self, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     monkeypatch.setattr(image_io.Path, "write_bytes", full)
-    assert run_main(["--input_dir", tmp_path / "p.png", "--test_dir", tmp_path / "out", "--weight_dir", weights],
-                    monkeypatch) == 1
+    assert (
+        run_main(
+            ["--input_dir", tmp_path / "p.png", "--test_dir", tmp_path / "out", "--weight_dir", weights], monkeypatch
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert f"cannot write {tmp_path / 'out' / 'p.png'}: No space left on device" in err, err
     assert not (tmp_path / "out" / "p.png").exists() and not list((tmp_path / "out").iterdir())  # no temporary left

@@ -1,5 +1,6 @@
 """train.py: the run folder (checkpoints, log, plot, closing line), exact resume from last.pth alone (also
 after SIGKILL), refusal of used folders, the lock, bad files, non-finite steps, DDP on two CPU processes."""
+
 import csv
 import os
 import signal
@@ -18,18 +19,22 @@ from PIL import Image
 import train
 from dataloader import LowLightDataset, header_is_readable
 from model import EnhanceNet, load_enhance_net
-from option import UserError, get_train_parser, run_script
+from option import get_train_parser
+from runtime import UserError, available_cpus, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bomb_png(path, side=100_000):
     """A PNG whose header declares side x side pixels (a decompression bomb) with almost no data."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +55,27 @@ def images(tmp_path_factory):
 
 
 def argv_for(images, out, *extra):
-    return ["--lowlight_images_path", str(images), "--snapshots_folder", str(out), "--image_size", "32",
-            "--train_batch_size", "4", "--num_workers", "0", "--seg_weight", "0", "--display_iter", "1",
-            "--snapshot_iter", "1", "--lr", "1e-3", *extra]
+    return [
+        "--lowlight_images_path",
+        str(images),
+        "--snapshots_folder",
+        str(out),
+        "--image_size",
+        "32",
+        "--train_batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--seg_weight",
+        "0",
+        "--display_iter",
+        "1",
+        "--snapshot_iter",
+        "1",
+        "--lr",
+        "1e-3",
+        *extra,
+    ]
 
 
 def args_for(images, out, *extra):
@@ -63,18 +86,21 @@ def args_for(images, out, *extra):
 def cli(monkeypatch, capsys):
     """train.py's command line in this process: (exit status, stderr)."""
     from PIL import Image
+
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the script lifts it: restore after
 
     def run(*argv):
         capsys.readouterr()
         status = run_script(train.main, get_train_parser(), list(argv))
         return status, capsys.readouterr().err
+
     return run
 
 
 def run_process(*argv, env=None):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *argv], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
 
 
 def error_lines(stderr):
@@ -110,7 +136,11 @@ def test_tiny_run_writes_checkpoints_log_plot_and_a_closing_line(images, tmp_pat
     with Image.open(run / "loss_plot.png") as im:
         assert im.format == "PNG" and im.width > 300
     closing = err.strip().splitlines()[-1]
-    assert closing.startswith("done: 2 of 2 epochs complete, step 6") and str(run) in closing and "loss_plot.png" in closing
+    assert (
+        closing.startswith("done: 2 of 2 epochs complete, step 6")
+        and str(run) in closing
+        and "loss_plot.png" in closing
+    )
     assert f"final loss {totals[-1]:.5f}" in closing
     assert "skipped 3 unreadable file(s)" in err  # broken.jpg, empty.png, bomb.png; readme.txt is no image
 
@@ -128,8 +158,13 @@ def test_resume_alone_after_sigkill_ends_equal_to_an_uninterrupted_run(images, t
     assert cli(*argv_for(images, tmp_path / "straight", *common))[0] == 0
     run = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv_for(images, run, *common)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *argv_for(images, run, *common)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (run / "last.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -178,9 +213,17 @@ def test_a_used_folder_is_refused_unless_overwritten(images, tmp_path, cli):
 def test_the_lock_stops_a_second_live_run_and_dies_with_its_process(images, tmp_path, cli):
     run = tmp_path / "run"
     run.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
-                               "print('held', flush=True); time.sleep(120)", str(run / train.LOCK)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+            "print('held', flush=True); time.sleep(120)",
+            str(run / train.LOCK),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         status, err = cli(*argv_for(images, run, "--num_epochs", "1"))
@@ -200,13 +243,20 @@ def test_default_folder_is_a_new_one_under_runs_ignored_by_git(images, tmp_path,
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run(["git", "add", ".gitignore"], cwd=tmp_path, check=True)
     monkeypatch.chdir(tmp_path)
-    argv = [a for a in argv_for(images, "unused", "--num_epochs", "1", "--max_steps", "1") if a not in ("--snapshots_folder", "unused")]
+    argv = [
+        a
+        for a in argv_for(images, "unused", "--num_epochs", "1", "--max_steps", "1")
+        if a not in ("--snapshots_folder", "unused")
+    ]
     status, err = cli(*argv)
     assert status == 0, err
     (run,) = (tmp_path / "runs").iterdir()
     assert (run / "last.pth").is_file() and (run / "loss_plot.png").is_file()
     assert f"run folder {Path('runs') / run.name}" in err.splitlines()[-1]
-    assert subprocess.run(["git", "status", "--porcelain"], cwd=tmp_path, capture_output=True, text=True).stdout == "A  .gitignore\n"
+    assert (
+        subprocess.run(["git", "status", "--porcelain"], cwd=tmp_path, capture_output=True, text=True).stdout
+        == "A  .gitignore\n"
+    )
 
 
 @pytest.mark.parametrize("case", ["truncated", "empty", "foreign", "folder", "bare_weights", "missing"])
@@ -215,7 +265,7 @@ def test_every_bad_resume_file_is_one_error_line_and_exit_2(images, tmp_path, cl
     if case == "truncated":
         assert cli(*argv_for(images, run, "--num_epochs", "1", "--max_steps", "1"))[0] == 0
         data = (run / "last.pth").read_bytes()
-        (run / "last.pth").write_bytes(data[:len(data) // 2])
+        (run / "last.pth").write_bytes(data[: len(data) // 2])
         path = run / "last.pth"
     else:
         path = tmp_path / "x.pth"
@@ -241,8 +291,9 @@ def test_a_truncated_resume_file_from_the_command_line_is_one_line_and_no_traceb
     assert len(r.stderr.strip().splitlines()) == 1 and str(truncated) in error_lines(r.stderr)[0]
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "pretrain_missing", "pretrain_wrong", "pretrain_truncated",
-                                  "pretrain_folder"])
+@pytest.mark.parametrize(
+    "case", ["empty", "missing", "pretrain_missing", "pretrain_wrong", "pretrain_truncated", "pretrain_folder"]
+)
 def test_bad_input_is_one_clear_line_and_exit_2(images, tmp_path, cli, case):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -251,20 +302,29 @@ def test_bad_input_is_one_clear_line_and_exit_2(images, tmp_path, cli, case):
     torch.save(EnhanceNet(conv_type="tc").state_dict(), tc)
     truncated = tmp_path / "trunc.pth"
     truncated.write_bytes(tc.read_bytes()[:500])
-    argv = {"empty": ["--lowlight_images_path", str(empty)],
-            "missing": ["--lowlight_images_path", str(tmp_path / "nope")],
-            "pretrain_missing": ["--load_pretrain", "--pretrain_dir", str(tmp_path / "nope.pth")],
-            "pretrain_wrong": ["--load_pretrain", "True", "--pretrain_dir", str(tc)],
-            "pretrain_truncated": ["--load_pretrain", "--pretrain_dir", str(truncated)],
-            "pretrain_folder": ["--load_pretrain", "--pretrain_dir", str(empty)]}[case]
+    argv = {
+        "empty": ["--lowlight_images_path", str(empty)],
+        "missing": ["--lowlight_images_path", str(tmp_path / "nope")],
+        "pretrain_missing": ["--load_pretrain", "--pretrain_dir", str(tmp_path / "nope.pth")],
+        "pretrain_wrong": ["--load_pretrain", "True", "--pretrain_dir", str(tc)],
+        "pretrain_truncated": ["--load_pretrain", "--pretrain_dir", str(truncated)],
+        "pretrain_folder": ["--load_pretrain", "--pretrain_dir", str(empty)],
+    }[case]
     status, err = cli(*argv_for(images, tmp_path / "out", "--num_epochs", "1"), *argv)
     assert status == 2 and len(error_lines(err)) == 1
-    assert {"empty": "no training images", "missing": "does not exist", "pretrain_missing": "nope.pth",
-            "pretrain_wrong": "tc.pth", "pretrain_truncated": "trunc.pth", "pretrain_folder": str(empty)}[case] in error_lines(err)[0]
+    assert {
+        "empty": "no training images",
+        "missing": "does not exist",
+        "pretrain_missing": "nope.pth",
+        "pretrain_wrong": "tc.pth",
+        "pretrain_truncated": "trunc.pth",
+        "pretrain_folder": str(empty),
+    }[case] in error_lines(err)[0]
 
 
 def test_bombs_empty_and_foreign_files_are_skipped_whatever_pillows_limit(images, monkeypatch):
     from PIL import Image
+
     for limit in (Image.MAX_IMAGE_PIXELS, None):  # Pillow's default raises DecompressionBombError; the scripts lift it
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
         assert not header_is_readable(images / "bomb.png")
@@ -276,7 +336,7 @@ def test_a_truncated_image_is_replaced_by_the_next_with_a_warning(tmp_path):
     for i in range(2):
         Image.fromarray(np.full((40, 40, 3), 30 * (i + 1), np.uint8)).save(tmp_path / f"{i}.png")
     data = (tmp_path / "0.png").read_bytes()
-    (tmp_path / "0.png").write_bytes(data[:len(data) // 2])
+    (tmp_path / "0.png").write_bytes(data[: len(data) // 2])
     dataset = LowLightDataset(tmp_path, 16)
     assert len(dataset) == 2  # its header is fine
     with pytest.warns(UserWarning, match="0.png"):
@@ -285,7 +345,6 @@ def test_a_truncated_image_is_replaced_by_the_next_with_a_warning(tmp_path):
 
 
 def test_num_workers_fit_the_machine(images, tmp_path, capsys):
-    from enhance import available_cpus
     cpus = available_cpus()
     with train.Trainer(args_for(images, tmp_path / "a", "--num_workers", "auto")) as t:
         assert t.data_loader.num_workers == max(0, min(4, cpus - 1))
@@ -295,14 +354,18 @@ def test_num_workers_fit_the_machine(images, tmp_path, capsys):
 
 
 def test_semantic_branch_trains_with_a_fixed_segmentation_net(images, tmp_path):
-    args = args_for(images, tmp_path, "--num_epochs", "1", "--max_steps", "1", "--seg_weight", "0.1", "--seg_backbone", "random")
+    args = args_for(
+        images, tmp_path, "--num_epochs", "1", "--max_steps", "1", "--seg_weight", "0.1", "--seg_backbone", "random"
+    )
     with train.Trainer(args) as t:
         seg = t.criterion.seg_net
         assert seg.batch_norm == "batch" and seg.training  # the official objective by default
         seg_before = {k: v.clone() for k, v in seg.state_dict().items()}
         t.train()
         assert all(torch.equal(v, seg.state_dict()[k]) for k, v in seg_before.items())  # running stats included
-        assert {id(p) for g in t.optimizer.param_groups for p in g["params"]} == {id(p) for p in t.model_without_ddp.parameters()}
+        assert {id(p) for g in t.optimizer.param_groups for p in g["params"]} == {
+            id(p) for p in t.model_without_ddp.parameters()
+        }
     with open(tmp_path / "loss_log.csv", newline="") as f:
         assert float(next(csv.DictReader(f))["seg"]) > 0
 
@@ -328,22 +391,63 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(images, tmp_path, monkey
 def test_flags_given_on_the_command_line_are_told_from_defaults():
     p = get_train_parser()
     assert p.parse_args([]).given == set()
-    assert p.parse_args(["--lr", "1e-4", "--no-amp", "--resume", "x"]).given == {"lr", "amp", "resume"}  # even at the default
+    assert p.parse_args(["--lr", "1e-4", "--no-amp", "--resume", "x"]).given == {
+        "lr",
+        "amp",
+        "resume",
+    }  # even at the default
     assert p.parse_args(["--load_pretrain", "False"]).load_pretrain is False
     assert p.parse_args(["--load_pretrain"]).load_pretrain is True
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_whole_batch(images, tmp_path):
-    common = ["--lowlight_images_path", str(images), "--image_size", "32", "--num_workers", "0", "--seg_weight", "0",
-              "--num_epochs", "1", "--lr", "1e-3", "--device", "cpu"]
+    common = [
+        "--lowlight_images_path",
+        str(images),
+        "--image_size",
+        "32",
+        "--num_workers",
+        "0",
+        "--seg_weight",
+        "0",
+        "--num_epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(ROOT / "train.py"), *common, "--train_batch_size", "2", "--snapshots_folder", str(tmp_path / "ddp")],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "train.py"),
+            *common,
+            "--train_batch_size",
+            "2",
+            "--snapshots_folder",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert sum(line.startswith("done:") for line in r.stderr.splitlines()) == 1  # rank 0 alone reports
     single = run_process(*common, "--train_batch_size", "4", "--snapshots_folder", str(tmp_path / "one"), env=env)
     assert single.returncode == 0, single.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
-        ".train.lock", "Epoch0.pth", "last.pth", "loss_log.csv", "loss_plot.png"]
+        ".train.lock",
+        "Epoch0.pth",
+        "last.pth",
+        "loss_log.csv",
+        "loss_plot.png",
+    ]
     assert_same_weights(tmp_path / "ddp" / "Epoch0.pth", tmp_path / "one" / "Epoch0.pth", atol=1e-5)

@@ -1,4 +1,5 @@
 """Video: demo/make_video.py and test_video.sh on small clips made here at run time with PyAV."""
+
 import os
 import subprocess
 import sys
@@ -10,13 +11,15 @@ import av
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT
+
 from model import EnhanceNet
-from option import UserError, get_video_parser
+from option import get_video_parser
 
 sys.path.insert(0, str(ROOT / "demo"))
 import make_video as mv  # noqa: E402
+
+from runtime import UserError
 
 FPS = 24
 AUDIO_RATE = 44100
@@ -61,9 +64,14 @@ def describe(path):
     with av.open(str(path)) as c:
         v = c.streams.video[0]
         frames = list(c.decode(v))
-        info = {"size": (v.codec_context.width, v.codec_context.height), "frames": len(frames),
-                "times": [float(f.pts * f.time_base) for f in frames], "rotation": frames[0].rotation,
-                "duration": float(v.duration * v.time_base), "rate": v.average_rate}
+        info = {
+            "size": (v.codec_context.width, v.codec_context.height),
+            "frames": len(frames),
+            "times": [float(f.pts * f.time_base) for f in frames],
+            "rotation": frames[0].rotation,
+            "duration": float(v.duration * v.time_base),
+            "rate": v.average_rate,
+        }
     with av.open(str(path)) as c:  # demux() with no stream would read them all
         info["audio"] = [bytes(p) for p in c.demux(c.streams.audio) if p.dts is not None] if c.streams.audio else []
     return info
@@ -92,6 +100,7 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tester(weights):
     from enhance import Enhancer
+
     return Enhancer(str(weights), scale_factor=12, device="cpu")
 
 
@@ -200,9 +209,14 @@ def not_a_video(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("make_bad,message", [(lambda d: d / "missing.mp4", "video not found"),
-                                              (not_a_video, "is not a readable video"),
-                                              (truncated_clip, "damaged or truncated")])
+@pytest.mark.parametrize(
+    "make_bad,message",
+    [
+        (lambda d: d / "missing.mp4", "video not found"),
+        (not_a_video, "is not a readable video"),
+        (truncated_clip, "damaged or truncated"),
+    ],
+)
 def test_bad_input_raises_one_line_and_writes_nothing(tmp_path, make_bad, message):
     src = make_bad(tmp_path)
     with pytest.raises(UserError, match=message) as e:
@@ -257,13 +271,24 @@ def test_v2i_writes_upright_numbered_frames_and_i2v_joins_them_in_numeric_order(
     names = sorted(p.name for p in frames.iterdir())
     assert names == sorted(f"{i}.jpg" for i in range(12))
     from PIL import Image
+
     with Image.open(frames / "0.jpg") as im:
         assert im.size == (64, 96)  # turned upright: the display matrix said 90 degrees
     with pytest.raises(UserError, match="already holds images"):
         mv.video_to_frames(src, mv.frame_path_pattern(frames))
 
-    args = get_video_parser().parse_args(["--choice", "I2V", "--image_folder", str(frames), "--video_path", str(src),
-                                          "--save_path", str(tmp_path / "joined.mp4")])
+    args = get_video_parser().parse_args(
+        [
+            "--choice",
+            "I2V",
+            "--image_folder",
+            str(frames),
+            "--video_path",
+            str(src),
+            "--save_path",
+            str(tmp_path / "joined.mp4"),
+        ]
+    )
     mv.main(args)
     joined = describe(tmp_path / "joined.mp4")
     assert joined["frames"] == 12 and joined["size"] == (64, 96) and joined["rate"] == FPS
@@ -273,6 +298,7 @@ def test_v2i_writes_upright_numbered_frames_and_i2v_joins_them_in_numeric_order(
 
 def test_i2v_refuses_frames_of_different_sizes(tmp_path):
     from PIL import Image
+
     Image.new("RGB", (32, 32)).save(tmp_path / "0.png")
     Image.new("RGB", (32, 30)).save(tmp_path / "1.png")
     with pytest.raises(UserError, match="one size"):
@@ -284,8 +310,14 @@ def test_i2v_refuses_frames_of_different_sizes(tmp_path):
 # The command line
 # ---------------------------------------------------------------------------------------------
 def run_script(*args, env=None):
-    return subprocess.run(["bash", str(ROOT / "test_video.sh"), *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    return subprocess.run(
+        ["bash", str(ROOT / "test_video.sh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_test_video_sh_enhances_a_clip_end_to_end(tmp_path, weights):
@@ -298,8 +330,13 @@ def test_test_video_sh_enhances_a_clip_end_to_end(tmp_path, weights):
 
 def test_test_video_sh_runs_the_official_frames_workflow_from_its_variables(tmp_path, weights):
     src = make_clip(tmp_path / "in.mp4", audio=False)
-    env = {**os.environ, "video_path": str(src), "save_path": str(tmp_path / "out.mp4"),
-           "image_lowlight_folder": str(tmp_path / "low"), "image_folder": str(tmp_path / "enhanced")}
+    env = {
+        **os.environ,
+        "video_path": str(src),
+        "save_path": str(tmp_path / "out.mp4"),
+        "image_lowlight_folder": str(tmp_path / "low"),
+        "image_folder": str(tmp_path / "enhanced"),
+    }
     result = run_script("--weight_dir", weights, "--device", "cpu", env=env)
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "low").glob("*.jpg"))) == len(list((tmp_path / "enhanced").glob("*.jpg"))) == 12
@@ -307,8 +344,10 @@ def test_test_video_sh_runs_the_official_frames_workflow_from_its_variables(tmp_
     assert (after["frames"], after["size"], after["rate"]) == (12, (96, 64), FPS)
 
 
-@pytest.mark.parametrize("args,code,message", [((), 2, "usage: bash test_video.sh"),
-                                               (("missing.mp4",), 2, "error: video not found: missing.mp4")])
+@pytest.mark.parametrize(
+    "args,code,message",
+    [((), 2, "usage: bash test_video.sh"), (("missing.mp4",), 2, "error: video not found: missing.mp4")],
+)
 def test_test_video_sh_fails_in_one_line(args, code, message):
     result = run_script(*args)
     assert result.returncode == code
@@ -316,10 +355,27 @@ def test_test_video_sh_fails_in_one_line(args, code, message):
 
 
 def test_official_flags_parse():
-    args = get_video_parser().parse_args(["--video_path", "a.mp4", "--save_path", "b.mp4", "--choice", "V2I",
-                                          "--image_lowlight_folder", "f", "--image_folder", "g"])
-    assert (args.video_path, args.save_path, args.choice, args.image_lowlight_folder, args.image_folder) == \
-        ("a.mp4", "b.mp4", "V2I", "f", "g")
+    args = get_video_parser().parse_args(
+        [
+            "--video_path",
+            "a.mp4",
+            "--save_path",
+            "b.mp4",
+            "--choice",
+            "V2I",
+            "--image_lowlight_folder",
+            "f",
+            "--image_folder",
+            "g",
+        ]
+    )
+    assert (args.video_path, args.save_path, args.choice, args.image_lowlight_folder, args.image_folder) == (
+        "a.mp4",
+        "b.mp4",
+        "V2I",
+        "f",
+        "g",
+    )
     assert get_video_parser().parse_args([]).temporal_smoothing == 0.0  # off by default: the paper's output
     assert get_video_parser().parse_args(["--temporal_smoothing"]).temporal_smoothing == 0.8
 
@@ -330,15 +386,17 @@ def test_official_flags_parse():
 def make_ten_bit_hevc(path, frames=6, width=96, height=64):
     """A 10-bit HEVC clip tagged BT.2020 / HLG, as phones record HDR video."""
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx265", rate=FPS, options={"crf": "20", "preset": "ultrafast",
-                                                               "x265-params": "log-level=error"})
+        stream = out.add_stream(
+            "libx265", rate=FPS, options={"crf": "20", "preset": "ultrafast", "x265-params": "log-level=error"}
+        )
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p10le"
         cc = stream.codec_context
         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 9, 9, 18, 1  # BT.2020 nc, HLG, limited
         for i in range(frames):
             rgb = clip_frame(i, width, height).astype(np.uint16) * 257 + 100  # values 8 bits cannot hold
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le").reformat(
-                format="yuv420p10le", dst_colorspace=9, dst_color_range=1)
+                format="yuv420p10le", dst_colorspace=9, dst_color_range=1
+            )
             frame.pts = i
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
@@ -421,6 +479,7 @@ def test_output_that_is_the_input_is_refused_and_the_original_kept(tmp_path, wei
 
 def test_a_still_image_is_not_a_video(tmp_path):
     from PIL import Image
+
     Image.fromarray(clip_frame(0, 32, 24)).save(tmp_path / "photo.jpg")
     with pytest.raises(UserError, match="still image, not a video"):
         mv.enhance_video(Identity(), tmp_path / "photo.jpg", tmp_path / "out.mp4")
@@ -447,11 +506,25 @@ def test_stale_temporary_video_of_a_killed_run_is_removed(tmp_path):
 def test_sigterm_and_ctrl_c_leave_no_temporary_file(tmp_path, weights):
     import signal
     import time
+
     src = make_clip(tmp_path / "long.mp4", 160, 120, frames=240, audio=False)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        proc = subprocess.Popen([sys.executable, str(ROOT / "demo" / "make_video.py"), "--video_path", str(src),
-                                 "--save_path", str(tmp_path / "out.mp4"), "--weight_dir", str(weights),
-                                 "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "demo" / "make_video.py"),
+                "--video_path",
+                str(src),
+                "--save_path",
+                str(tmp_path / "out.mp4"),
+                "--weight_dir",
+                str(weights),
+                "--device",
+                "cpu",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 120
         while not any(p.name.startswith(".sgz-") for p in tmp_path.iterdir()):  # writing has begun
             assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()

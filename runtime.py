@@ -1,0 +1,187 @@
+"""The ground floor: what every script and library module shares about the process, and nothing about SGZ.
+
+- `UserError`, the one error type for what the user must fix, and the exit codes;
+- `run_script`, where every script starts (parse, configure the process, turn a UserError into one line),
+  and `exit_now`, where test.py and the video script end;
+- process settings, each in one place: Pillow's pixel limit, CPU counts, thread limits, the socket timeout,
+  SIGTERM;
+- files: temporary names, clearing what killed runs left, and `atomic_output`, the one way a file is written.
+
+It imports only the standard library at the top (torch, OpenCV and Pillow are imported where a function
+needs them), so every module can stand on it and nothing here imports a module of the project.
+"""
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import sys
+from pathlib import Path
+
+EXIT_SOME_INPUTS_FAILED = 1  # the run went through, but some of its inputs could not be processed
+EXIT_CANNOT_RUN = 2  # a bad flag, path, weights file or setting: nothing was done (argparse's status too)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
+
+
+class UserError(Exception):
+    """Something the user must fix: a missing or bad path, flag, weights file, image or video. Its message
+    is one line that says what, which file, and what to do. The scripts print it without a traceback;
+    any other exception is a bug and keeps its traceback."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting and ending a script
+# ---------------------------------------------------------------------------------------------
+def configure_process():
+    """Process-wide settings the scripts make, here and nowhere else. Pillow's own pixel limit is lifted
+    because the image reader checks --max_mpix itself from the header, before decoding (Pillow would
+    stop at 179 MPix and warn from 89)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+
+
+def run_script(main, parser, argv=None):
+    """Parse argv, configure the process and run main(args), which returns an exit status (None: 0).
+    A UserError becomes one `error:` line and EXIT_CANNOT_RUN, Ctrl-C EXIT_INTERRUPTED."""
+    args = parser.parse_args(argv)
+    configure_process()
+    try:
+        return main(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def exit_now(status):
+    """End the process with `status` once every output is written, without the interpreter's teardown: with
+    PyTorch loaded that teardown (freeing its modules' objects one by one) takes 0.5-1 s and does nothing a
+    finished command needs. Only for a script's last line, after its files are closed and its threads done."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def interrupt_on_sigterm():
+    """SIGTERM (kill, a scheduler's time limit) ends a script as Ctrl-C does, so that atomic_output removes
+    its temporary file (SIGKILL cannot be caught: remove_stale_temporaries clears up after it)."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# Process settings
+# ---------------------------------------------------------------------------------------------
+def available_cpus():
+    """The CPU cores this process may run on (its affinity, e.g. under taskset or a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def thread_limits(torch_threads, opencv_threads):
+    """torch's and OpenCV's thread counts for a block, restored after it. Many images (or frames and an
+    encoder) at once want serial ops: an op split over threads waits at a barrier for all of them, and on
+    a busy machine that wait is a scheduler time slice (~10 ms) per op (4-200x slower here).
+    opencv_threads 0 runs each OpenCV call in its calling thread."""
+    import cv2
+    import torch
+
+    old = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(opencv_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old[0])
+        cv2.setNumThreads(old[1])
+
+
+@contextlib.contextmanager
+def socket_timeout(seconds):
+    """The process's default socket timeout for a block (torch.hub's download sets none), restored after it."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: temporary names and atomic output
+# ---------------------------------------------------------------------------------------------
+TEMP_PREFIX = ".sgz-"  # every temporary file this project writes starts so (see temporary_name)
+TEMP_SUFFIX = ".tmp"
+
+
+def temporary_name(path):
+    """`.sgz-<pid>-<random>.tmp<ext>`: a few bytes whatever the final name's length; the extension is kept
+    because some writers (FFmpeg) choose the format from it, the pid tells a dead writer's leftovers."""
+    path = Path(path)
+    suffix = path.suffix if len(path.suffix) <= 8 else ""
+    return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}{suffix}")
+
+
+def is_stale_temporary(path):
+    """A temporary file of ours whose writing process (on this machine) is gone."""
+    name = Path(path).name
+    if not (name.startswith(TEMP_PREFIX) and TEMP_SUFFIX in name):
+        return False
+    pid = name[len(TEMP_PREFIX) :].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by someone else
+        return False
+    return False
+
+
+def remove_stale_temporaries(folders):
+    """Delete the temporary files that killed runs of ours left in `folders` (a write between its temporary
+    file and its rename, killed with SIGKILL or by a power cut). Returns how many."""
+    removed = 0
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(folder):
+                if is_stale_temporary(Path(entry.path)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside `path`; on success it replaces `path` in one step, on failure (an
+    error, Ctrl-C, SIGTERM turned into an exception) it is removed. A reader never sees a half-written
+    file and an old file survives a crash. The temporary name is short (see temporary_name), so any name
+    the file system takes works, and recognisable, so remove_stale_temporaries clears what SIGKILL left."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            tmp = temporary_name(path)
+            try:  # 0o666 less the umask: the mode of any new file (mkstemp's would be private, 0o600)
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                break
+            except FileExistsError:
+                continue
+    except OSError as e:  # a read-only or missing folder, a file where a folder should be: the user's to fix
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
