@@ -7,11 +7,12 @@ antialiased) for the next scale -> 36-d features per block -> Mahalanobis-like d
 Gaussian fit (nanmean, complete-row cov) and the pristine model's. Lower is more natural.
 
 The pristine model (36-d mean, 36x36 covariance) is the one shipped with the MATLAB release, read from
-the copy that the `basicsr` package installs (basicsr/metrics/niqe_pris_params.npz); nothing is
-downloaded. basicsr is located, never imported (1.4.2 does not import with torchvision >= 0.17).
+the copy that the `iqa-torch` package installs (iqa/niqe/niqe_pris_params.npz, in requirements.txt: a 67 KB
+Apache-2.0 wheel; the file is byte for byte basicsr's and mmedit's copy); nothing is downloaded. The package
+is located through its installed metadata, never imported.
 """
 
-import importlib.util
+import importlib.metadata
 from functools import cache
 from pathlib import Path
 
@@ -29,7 +30,8 @@ GAUSSIAN_7 = _g / _g.sum()
 AGGD_SHAPES = np.arange(0.2, 10.001, 0.001)
 AGGD_RATIOS = gamma(2 / AGGD_SHAPES) ** 2 / (gamma(1 / AGGD_SHAPES) * gamma(3 / AGGD_SHAPES))
 PAIR_SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))  # horizontal, vertical and the two diagonal neighbours
-INSTALL_HINT = "pip install --no-deps basicsr==1.4.2"
+INSTALL_HINT = "pip install iqa-torch==1.2.1 (it is in requirements.txt)"
+PRISTINE_MODEL_FILE = ("iqa-torch", "iqa/niqe/niqe_pris_params.npz")  # (distribution, path inside it)
 
 
 class NIQEUnavailable(RuntimeError):
@@ -39,10 +41,13 @@ class NIQEUnavailable(RuntimeError):
 @cache
 def pristine_model():
     """(mean (36,), covariance (36, 36)) of the MATLAB release's pristine model."""
-    spec = importlib.util.find_spec("basicsr")  # finds the package without running its __init__
-    path = Path(spec.submodule_search_locations[0]) / "metrics" / "niqe_pris_params.npz" if spec else None
+    distribution, relative_path = PRISTINE_MODEL_FILE
+    try:
+        path = Path(importlib.metadata.distribution(distribution).locate_file(relative_path))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
     if path is None or not path.is_file():
-        raise NIQEUnavailable(f"its pristine model ships with the basicsr package: {INSTALL_HINT}")
+        raise NIQEUnavailable(f"its pristine model ships with the {distribution} package: {INSTALL_HINT}")
     with np.load(path) as params:
         return params["mu_pris_param"].ravel(), params["cov_pris_param"]
 

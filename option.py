@@ -410,7 +410,7 @@ def get_evaluate_parser():
         p,
         "niqe",
         True,
-        "NIQE (MATLAB release's model, read from the basicsr package: pip install --no-deps basicsr==1.4.2)",
+        "NIQE (the MATLAB release's pristine model, read from the iqa-torch package in requirements.txt)",
     )
     add_bool(
         p,

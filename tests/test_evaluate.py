@@ -1,6 +1,7 @@
 """evaluate.py and niqe.py: metric values, file matching, outputs and one-line errors."""
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -92,6 +93,32 @@ def test_niqe_reference_value_and_behaviour(pristine):
     flat[:200] = 0  # black regions (common in low-light inputs) must give a number, not NaN
     assert np.isfinite(niqe_of(flat))
     assert np.isnan(niqe_of(astronaut[:95, :300]))  # fewer than two 96x96 blocks
+
+
+def test_niqe_needs_nothing_beyond_requirements(tmp_path, monkeypatch):
+    """evaluate.py scores NIQE with basicsr not importable: the pristine model comes from requirements.txt."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a, **k: None if name == "basicsr" else real_find_spec(name, *a, **k)
+    )
+    monkeypatch.setitem(sys.modules, "basicsr", None)  # `import basicsr` raises ImportError
+    niqe.pristine_model.cache_clear()
+    try:
+        save(tmp_path / "pred" / "a.png", skimage.data.astronaut()[:256, :256] / 255.0)
+        run(["--pred_dir", str(tmp_path / "pred"), "--out_dir", str(tmp_path / "eval"), "--no-lpips"])
+        summary = json.loads((tmp_path / "eval" / "summary.json").read_text())["summary"]
+        assert np.isfinite(summary[0]["niqe"]) and summary[0]["niqe"] > 0
+    finally:
+        niqe.pristine_model.cache_clear()
+
+
+def test_pristine_model_is_basicsr_s_where_both_are_installed(pristine):
+    spec = importlib.util.find_spec("basicsr")
+    if spec is None:
+        pytest.skip("basicsr is not installed: nothing to compare with")
+    with np.load(Path(spec.submodule_search_locations[0]) / "metrics" / "niqe_pris_params.npz") as params:
+        np.testing.assert_array_equal(pristine[0], params["mu_pris_param"].ravel())
+        np.testing.assert_array_equal(pristine[1], params["cov_pris_param"])
 
 
 # ---------------------------------------------------------------------------------------------
