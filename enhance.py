@@ -14,6 +14,7 @@ computation to 1/255 (rounding ties aside).
 """
 
 import contextlib
+import sys
 import threading
 
 import numpy as np
@@ -201,7 +202,16 @@ class Enhancer:
     """The trained enhancement net applied to whole photos (numpy arrays), at any scale factor and strength.
     Loads the weights once; one instance serves every scale factor and thread."""
 
-    def __init__(self, weight_dir="weight/sgz.pth", scale_factor=12, device="auto", precision="fp32", conv_type=None):
+    def __init__(
+        self,
+        weight_dir="weight/sgz.pth",
+        scale_factor=12,
+        device="auto",
+        precision="fp32",
+        conv_type=None,
+        weights_argument="weight_dir=",
+    ):
+        """weights_argument: how error messages name the weights (command lines pass their flag)."""
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = model.get_device(device) if isinstance(device, str) else torch.device(device)
@@ -210,14 +220,23 @@ class Enhancer:
         self.scale_factor, self.precision = scale_factor, precision
         # The net runs at scale 1 on the 1/s copy this class makes itself (from a few rows, in the image's
         # own dtype); channels-last is 1.5x faster on CPU and is the layout an HxWx3 array already has.
-        self.net = model.load_enhance_net(weight_dir, scale_factor=1, device=self.device, conv_type=conv_type)
+        self.net = model.load_enhance_net(
+            weight_dir, scale_factor=1, device=self.device, conv_type=conv_type, argument_name=weights_argument
+        )
         self.net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         if not all(torch.isfinite(p).all() for p in self.net.parameters()):
             raise UserError(
                 f"{weight_dir} holds NaN or infinite weights (a diverged training run?); "
-                "give other weights with --weight_dir"
+                f"give other weights with {weights_argument}"
             )
         zero_negligible_weights_(self.net)
+        dtype = PRECISIONS[precision]
+        if dtype is not None and (
+            note := model.low_precision_note(
+                self.device, dtype, f"precision {precision}", "typically 2.5-3.5x slower than fp32"
+            )
+        ):
+            print(note, file=sys.stderr)
         self.band_elements = BAND_ELEMENTS["cpu" if self.device.type == "cpu" else "other"]
         if self.device.type == "cpu":
             threading.Thread(target=warm_up_curve_kernel, name="sgz-kernel-warm-up", daemon=True).start()

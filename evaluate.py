@@ -35,7 +35,7 @@ import niqe
 from image_io import IMAGE_EXTENSIONS, find_images, read_image, write_image
 from model import get_device
 from option import get_evaluate_parser
-from runtime import UserError, atomic_output, run_script
+from runtime import UserError, atomic_output, plural, run_script
 
 INPUT, GT = "input", "ground truth"
 METRICS = {  # name: (column title, better when higher?, definition written to summary.json)
@@ -294,7 +294,7 @@ def plot_brightness_histograms(histograms, summary, path):
                 label=f"{method} (mean {entry['brightness']:.3f})",
                 linestyle="--" if method == INPUT else "-",
             )
-        ax.set_title(f"{folder} ({entry['images']} images)")
+        ax.set_title(f"{folder} ({plural(entry['images'], 'image')})")
         ax.set_xlabel("brightness Y'")
         ax.set_yscale("log")
         ax.legend(fontsize=7)

@@ -25,4 +25,4 @@ def sgz(pretrained=True, scale_factor=12, weights=None):
         weights = SHIPPED_WEIGHTS
     if weights is None:
         return model.EnhanceNet(scale_factor=scale_factor).eval()
-    return model.load_enhance_net(weights, scale_factor=scale_factor).eval()
+    return model.load_enhance_net(weights, scale_factor=scale_factor, argument_name="weights=").eval()

@@ -36,6 +36,31 @@ def get_device(name="auto"):
     return torch.device(name)
 
 
+def native_low_precision(device, dtype=torch.bfloat16):
+    """Whether `device` computes `dtype` (bfloat16 or float16) natively, so that autocast to it can be faster
+    than fp32. A CPU needs AVX512-BF16 or AMX for bfloat16 (elsewhere oneDNN emulates it, 2.5-3.5x slower
+    than fp32 for inference, about 10x for a training step); CPUs are never native in float16 here."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported") if dtype == torch.bfloat16 else ()
+        return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return True  # CUDA float16, and MPS: no slower path to warn about
+
+
+def low_precision_note(device, dtype, what, cpu_slowdown):
+    """One `note:` line for stderr when `what` (a flag or argument) asks for a precision that `device` only
+    emulates, else None. cpu_slowdown: how much slower than fp32 that is on such CPUs, in words."""
+    if native_low_precision(device, dtype):
+        return None
+    if torch.device(device).type == "cpu":
+        why = f"this CPU has no AVX512-BF16 or AMX, so bfloat16 is emulated, {cpu_slowdown}"
+    else:
+        why = f"this GPU has no native {str(dtype).removeprefix('torch.')} (compute capability below 8.0)"
+    return f"note: {what}: {why}; fp32 is faster here"
+
+
 # ---------------------------------------------------------------------------------------------
 # Enhancement-factor network
 # ---------------------------------------------------------------------------------------------
@@ -134,10 +159,10 @@ class EnhanceNet(nn.Module):
 enhance_net_nopool = EnhanceNet
 
 
-def _state_dict_from_file(path):
+def _state_dict_from_file(path, argument_name="--weight_dir"):
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file not found: {path} (give the path of a .pth file with --weight_dir)")
+        raise UserError(f"weights file not found: {path} (give the path of a .pth file with {argument_name})")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and format errors all mean "not a checkpoint"
@@ -159,10 +184,11 @@ def infer_conv_type(state_dict):
     return "tc" if any(".conv.weight" in k for k in state_dict) else "dsc"
 
 
-def load_enhance_net(path, scale_factor=1, device="cpu", conv_type=None):
+def load_enhance_net(path, scale_factor=1, device="cpu", conv_type=None, argument_name="--weight_dir"):
     """Build an EnhanceNet from a weights file (official or ours); conv_type is read from the keys
-    unless given. Raises UserError with a one-line message naming the file."""
-    state_dict = _state_dict_from_file(path)
+    unless given. Raises UserError with a one-line message naming the file; argument_name is how the
+    caller's user gives the file (a flag, or a Python argument such as `weights=`)."""
+    state_dict = _state_dict_from_file(path, argument_name)
     conv_type = conv_type or infer_conv_type(state_dict)
     net = EnhanceNet(scale_factor=scale_factor, conv_type=conv_type)
     try:

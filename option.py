@@ -181,6 +181,31 @@ def get_train_parser():
     return p
 
 
+STRENGTH_RANGE = (0.0, 2.0)  # the curve map's multiplier: 1 is the paper's model, 0 leaves the image as it is
+
+
+def strength(value):
+    """A finite number in STRENGTH_RANGE (float() takes nan and inf, which compare false with any limit)."""
+    low, high = STRENGTH_RANGE
+    try:
+        x = float(value)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and low <= x <= high):
+        raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, got {value!r}")
+    return x
+
+
+def add_strength_arg(parser):
+    parser.add_argument(
+        "--strength",
+        type=strength,
+        default=1.0,
+        help="multiplies the curve map: 1 is the paper's model exactly, less brightens less (0.5: gentler), "
+        "more brightens more (up to 2)",
+    )
+
+
 def add_inference_args(
     parser,
     precision_help="fp32 is exact; bf16 (autocast) pays off on GPUs and CPUs with AVX512-BF16 or AMX; fp16: CUDA only",
@@ -204,8 +229,9 @@ def get_test_parser():
         p,
         precision_help="fp32: exact. bf16: the network under bfloat16 autocast (the curve stays fp32; "
         "results within 2/255), which pays off on GPUs and on CPUs with AVX512-BF16 or AMX (recent Xeon/EPYC) "
-        "and is slower on other CPUs. fp16: CUDA only",
+        "and is slower on other CPUs (a note says so). fp16: CUDA only",
     )
+    add_strength_arg(p)
     p.add_argument(
         "--max_mpix",
         type=positive_finite,
@@ -319,6 +345,7 @@ def get_video_parser():
     )
     p.add_argument("--preset", default="medium", help="libx264 speed/size preset (ultrafast ... veryslow)")
     add_inference_args(p)
+    add_strength_arg(p)
     return p
 
 

@@ -33,6 +33,11 @@ class UserError(Exception):
 # ---------------------------------------------------------------------------------------------
 # Starting and ending a script
 # ---------------------------------------------------------------------------------------------
+def plural(count, noun):
+    """'1 image', '2 images': a count and its noun, for messages (regular plurals only)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def configure_process():
     """Process-wide settings the scripts make, here and nowhere else. Pillow's own pixel limit is lifted
     because the image reader checks --max_mpix itself from the header, before decoding (Pillow would

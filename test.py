@@ -32,6 +32,7 @@ from runtime import (
     UserError,
     available_cpus,
     exit_now,
+    plural,
     run_script,
     thread_limits,
 )
@@ -151,9 +152,13 @@ class Tester:
         max_pixels=image_io.DEFAULT_MAX_PIXELS,
         quality=95,
         allow_corrupt=False,
+        strength=1.0,
     ):
-        self.enhancer = Enhancer(weight_dir, scale_factor, device, precision, conv_type)
+        self.enhancer = Enhancer(
+            weight_dir, scale_factor, device, precision, conv_type, weights_argument="--weight_dir"
+        )
         self.max_pixels, self.quality, self.allow_corrupt = max_pixels, quality, allow_corrupt
+        self.strength = strength
 
     def enhance_file(self, src, dst):
         """One image file -> one enhanced file with the input's metadata (atomically; never over the source).
@@ -161,7 +166,9 @@ class Tester:
         if Path(dst).resolve() == Path(src).resolve():
             raise UserError(f"writing {dst} would overwrite its input; choose another output path")
         image, info = image_io.read_image(src, self.max_pixels, strict=not self.allow_corrupt)
-        image_io.write_image(dst, self.enhancer.enhance_array(image), self.quality, info["metadata"])
+        image_io.write_image(
+            dst, self.enhancer.enhance_array(image, strength=self.strength), self.quality, info["metadata"]
+        )
         return image.shape[:2]
 
     def run(self, input_path, output_dir, workers=0, rank=0, world_size=1, progress=True, output_format="same"):
@@ -227,6 +234,7 @@ def main(args):
         max_pixels=args.max_mpix * 1e6,
         quality=args.quality,
         allow_corrupt=args.allow_corrupt,
+        strength=args.strength,
     )
     if args.allow_corrupt:  # Pillow's decoders too (a process-wide switch; the JPEG decoder takes it per call)
         ImageFile.LOAD_TRUNCATED_IMAGES = True
@@ -245,12 +253,12 @@ def main(args):
         return EXIT_INTERRUPTED
     shard = f"[rank {rank}/{world_size}] " if world_size > 1 else ""
     print(
-        f"{shard}{summary.images} images, {summary.megapixels:.1f} megapixels in {summary.seconds:.2f} s "
+        f"{shard}{plural(summary.images, 'image')}, {summary.megapixels:.1f} megapixels in {summary.seconds:.2f} s "
         f"-> {args.test_dir}"
     )
     if summary.failed:
         print(
-            f"{shard}error: {len(summary.failed)} of {summary.images + len(summary.failed)} images failed: "
+            f"{shard}error: {len(summary.failed)} of {plural(summary.images + len(summary.failed), 'image')} failed: "
             + ", ".join(str(path) for path, _ in summary.failed[:5])
             + (" ..." if len(summary.failed) > 5 else ""),
             file=sys.stderr,

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from dataloader import LowLightDataset
 from loss import SGZLoss
-from model import EnhanceNet, SegmentationNet, get_device, load_enhance_net
+from model import EnhanceNet, SegmentationNet, get_device, load_enhance_net, low_precision_note
 from option import get_train_parser
 from runtime import EXIT_INTERRUPTED, UserError, atomic_output, available_cpus, run_script
 
@@ -577,6 +577,11 @@ class Trainer:
         )
         use_scaler = args.amp and self.device.type == "cuda" and autocast_dtype(self.device) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        amp_note = args.amp and low_precision_note(
+            self.device, autocast_dtype(self.device), "--amp", "a step about 10x slower than in fp32"
+        )
+        if amp_note and is_main_process():
+            print(amp_note, file=sys.stderr)
         self.position = Position()
         if ckpt:
             self.restore(ckpt)

@@ -293,7 +293,9 @@ class SerialEnhancer:
     already keeps every core busy."""
 
     def __init__(self, args):
-        self.enhancer = Enhancer(args.weight_dir, args.scale_factor, args.device, args.precision)
+        self.enhancer = Enhancer(
+            args.weight_dir, args.scale_factor, args.device, args.precision, weights_argument="--weight_dir"
+        )
         self.lock = threading.Lock()
 
     def __call__(self, image, scale, strength):

@@ -37,6 +37,7 @@ from runtime import (
     available_cpus,
     exit_now,
     interrupt_on_sigterm,
+    plural,
     remove_stale_temporaries,
     run_script,
     thread_limits,
@@ -243,7 +244,7 @@ def audio_packets(packet, stream, reencode):
     return [out for frame in packet.decode() for out in stream.encode(frame)]
 
 
-def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="medium"):
+def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="medium", strength=1.0):
     """Enhance `src` into `dst` frame by frame with `enhancer` (an enhance.Enhancer). Returns a summary:
     frames, size, audio codecs, and the flicker of the input and the output.
 
@@ -304,7 +305,13 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
                 # frames follow each other, from the stream's start.
                 last_pts = item.pts if item.pts is not None and not numbered else next_pts
                 next_pts = last_pts + (item.duration or round(1 / (rate * vin.time_base)))
-                in_flight.append((rgb, last_pts, worker.submit(enhancer.enhance_array, rgb, map_filter=map_filter)))
+                in_flight.append(
+                    (
+                        rgb,
+                        last_pts,
+                        worker.submit(enhancer.enhance_array, rgb, strength=strength, map_filter=map_filter),
+                    )
+                )
                 frames += 1
                 if len(in_flight) > FRAMES_IN_FLIGHT:
                     encode_oldest()
@@ -399,25 +406,28 @@ def main(args):
     interrupt_on_sigterm()
     if args.choice == "V2I":
         count = video_to_frames(args.video_path, frame_path_pattern(args.image_lowlight_folder))
-        print(f"wrote {count} frames to {args.image_lowlight_folder}")
+        print(f"wrote {plural(count, 'frame')} to {args.image_lowlight_folder}")
     elif args.choice == "I2V":
         fps = args.fps or (video_frame_rate(args.video_path) if Path(args.video_path).is_file() else 30)
         dst = args.save_path or str(Path(args.image_folder)) + ".mp4"
         if Path(args.video_path).is_file():
             refuse_same_file(args.video_path, dst)
         count = frames_to_video(args.image_folder, dst, fps, args.crf, args.preset)
-        print(f"wrote {dst}: {count} frames at {float(fps):g} fps")
+        print(f"wrote {dst}: {plural(count, 'frame')} at {float(fps):g} fps")
     else:
         dst = args.save_path or str(Path(args.video_path).with_name(Path(args.video_path).stem + "_enhanced.mp4"))
         refuse_same_file(args.video_path, dst)
         open_video(args.video_path).close()  # a bad video fails before the network loads
-        enhancer = Enhancer(args.weight_dir, args.scale_factor, args.device, args.precision)
-        s = enhance_video(enhancer, args.video_path, dst, args.temporal_smoothing, args.crf, args.preset)
+        enhancer = Enhancer(
+            args.weight_dir, args.scale_factor, args.device, args.precision, weights_argument="--weight_dir"
+        )
+        s = enhance_video(enhancer, args.video_path, dst, args.temporal_smoothing, args.crf, args.preset, args.strength)
         audio = f"audio copied ({', '.join(s['audio'])})" if s["audio"] else "no audio"
         if s["audio_reencoded"]:
             audio += f", {', '.join(s['audio_reencoded'])} re-encoded (the container cannot hold it)"
         print(
-            f"wrote {dst}: {s['frames']} frames, {s['width']}x{s['height']} {s['codec']} {s['pix_fmt']}, {audio}; "
+            f"wrote {dst}: {plural(s['frames'], 'frame')}, {s['width']}x{s['height']} {s['codec']} "
+            f"{s['pix_fmt']}, {audio}; "
             f"flicker (mean |change| of "
             f"brightness frame to frame): input {s['flicker_in']:.3f}, output {s['flicker_out']:.3f}"
         )

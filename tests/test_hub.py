@@ -51,5 +51,7 @@ def test_official_weights(official_weights):
 
 
 def test_bad_weights_path_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="not found") as raised:
         hub_load(weights=tmp_path / "missing.pth")
+    # worded for a Python caller: the argument, not the command line's flag
+    assert "weights=" in str(raised.value) and "--weight_dir" not in str(raised.value)

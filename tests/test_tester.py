@@ -91,6 +91,49 @@ def test_defaults_enhance_the_shipped_samples(weights, tmp_path, monkeypatch):
         assert result.shape == source.shape
 
 
+def test_strength_1_is_the_default_and_less_is_darker(weights, tmp_path, monkeypatch, capsys):
+    src = tmp_path / "in.png"
+    Image.fromarray(dark_image((40, 60, 3))).save(src)
+    outputs = {}
+    for strength in (None, "1.0", "0.5"):
+        out = tmp_path / f"out_{strength}"
+        extra = ["--strength", strength] if strength else []
+        assert run_main(["--input_dir", src, "--test_dir", out, "--weight_dir", weights, *extra], monkeypatch) == 0
+        outputs[strength] = image_io.read_image(out / "in.png")[0].astype(int)
+    assert "1 image," in capsys.readouterr().out  # one image, not "1 images"
+    np.testing.assert_array_equal(outputs["1.0"], outputs[None])
+    source = np.asarray(Image.open(src), dtype=int)
+    assert source.mean() < outputs["0.5"].mean() < outputs[None].mean() - 5
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.5", "2.5", "bright"])
+def test_strength_out_of_range_is_one_line(weights, value, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exited:
+        run_main(["--test_dir", tmp_path / "out", "--weight_dir", weights, "--strength", value], monkeypatch)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--strength" in err[-1] and "from 0 to 2" in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_low_precision_note_where_the_cpu_only_emulates_bfloat16(weights, tmp_path, monkeypatch, capsys):
+    import torch
+
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda: False, raising=False)
+    src = tmp_path / "in.png"
+    Image.fromarray(dark_image((24, 36, 3))).save(src)
+    argv = ["--input_dir", src, "--test_dir", tmp_path / "out", "--weight_dir", weights, "--device", "cpu"]
+    assert run_main([*argv, "--precision", "bf16"], monkeypatch) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "fp32 is faster here" in notes[0] and "AVX512-BF16" in notes[0]
+    assert run_main([*argv, "--precision", "fp32", "--test_dir", tmp_path / "out32"], monkeypatch) == 0
+    assert "note:" not in capsys.readouterr().err
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # AMX: native, no note
+    assert run_main([*argv, "--precision", "bf16", "--test_dir", tmp_path / "amx"], monkeypatch) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_samples_are_small_and_dark():
     files = [ROOT / "data" / "test_data" / name for name in SAMPLES]
     assert len(files) >= 4 and sum(p.stat().st_size for p in files) < 1_000_000

@@ -533,3 +533,17 @@ def test_sigterm_and_ctrl_c_leave_no_temporary_file(tmp_path, weights):
         err = proc.communicate(timeout=60)[1]
         assert proc.returncode == 130 and err.rstrip().endswith("interrupted") and "Traceback" not in err, err
         assert leftovers(tmp_path) == ["long.mp4"]
+
+
+def test_strength_on_the_command_line(tmp_path, strong_weights, capsys):
+    src = make_clip(tmp_path / "in.mp4", frames=4, audio=False)
+    means = {}
+    for strength in ("1.0", "0.5"):
+        dst = tmp_path / f"out_{strength}.mp4"
+        argv = ["--video_path", src, "--save_path", dst, "--weight_dir", strong_weights, "--device", "cpu"]
+        mv.main(get_video_parser().parse_args([str(a) for a in [*argv, "--strength", strength]]))
+        means[strength] = np.mean(decode_rgb(dst))
+    assert "4 frames" in capsys.readouterr().out
+    assert np.mean(decode_rgb(src)) < means["0.5"] < means["1.0"] - 2
+    with pytest.raises(SystemExit):
+        get_video_parser().parse_args(["--strength", "3"])
