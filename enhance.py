@@ -216,7 +216,7 @@ class Enhancer:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = model.get_device(device) if isinstance(device, str) else torch.device(device)
         if precision == "fp16" and self.device.type == "cpu":
-            raise UserError("--precision fp16 needs a GPU; on a CPU use bf16")
+            raise UserError("precision fp16 needs a GPU; on a CPU use fp32 (bf16 helps only with AVX512-BF16 or AMX)")
         self.scale_factor, self.precision = scale_factor, precision
         # The net runs at scale 1 on the 1/s copy this class makes itself (from a few rows, in the image's
         # own dtype); channels-last is 1.5x faster on CPU and is the layout an HxWx3 array already has.

@@ -451,3 +451,14 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_whole_batch(image
         "loss_plot.png",
     ]
     assert_same_weights(tmp_path / "ddp" / "Epoch0.pth", tmp_path / "one" / "Epoch0.pth", atol=1e-5)
+
+
+def test_amp_says_in_one_line_where_fp32_is_faster(images, tmp_path, cli, monkeypatch):
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda: False, raising=False)
+    status, err = cli(*argv_for(images, tmp_path / "amp", "--max_steps", "1", "--amp", "--device", "cpu"))
+    assert status == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "--amp" in notes[0] and "fp32 is faster here" in notes[0]
+    status, err = cli(*argv_for(images, tmp_path / "fp32", "--max_steps", "1", "--device", "cpu"))
+    assert status == 0 and "note:" not in err
