@@ -3,7 +3,7 @@ module, and the mobile and GPU runtimes that convert from ONNX).
 
     python export.py --weight_dir weight/sgz.pth --output sgz.onnx                   # any N, H, W
     python export.py --output sgz_720p.onnx --fixed_size 720x1280                     # every shape constant
-    python export.py --weight_dir weight/Epoch99.pth --output official.onnx --fp16    # float16 network
+    python export.py --weight_dir Epoch99.pth --output official.onnx --fp16    # the paper's weights; float16 network
 
 The graph takes `image`, float32 (N, 3, H, W) RGB in [0, 1], and returns `enhanced`, the same shape: the
 bilinear 1/s copy (align_corners False) at exactly model.downscaled_size(H, W, s), the network, its map

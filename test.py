@@ -2,7 +2,7 @@
 enhanced images out, each exactly the size, bit depth and alpha of its input.
 
     python test.py                                    # data/test_data -> test_output with weight/sgz.pth
-    python test.py --input_dir photos --test_dir out --weight_dir weight/Epoch99.pth
+    python test.py --input_dir photos --test_dir out --weight_dir Epoch99.pth   # the paper's weights, downloaded
     torchrun --nproc_per_node 4 test.py ...          # each process takes a disjoint share of the files
 
 The enhancement itself is enhance.Enhancer; this script finds the files, plans where each result goes,
