@@ -119,7 +119,13 @@ def get_train_parser():
     g.add_argument(
         "--max_steps", type=int, default=0, help="stop (with a checkpoint) after this many steps in total; 0 = no limit"
     )
-    add_bool(g, "amp", False, "mixed precision: bfloat16 autocast on CPU, fp16 (with loss scaling) or bf16 on CUDA")
+    add_bool(
+        g,
+        "amp",
+        False,
+        "mixed precision: bfloat16 autocast on CPU (faster only with AVX512-BF16 or AMX; elsewhere a note says fp32 "
+        "is faster), fp16 (with loss scaling) or bf16 on CUDA",
+    )
     g = p.add_argument_group("loss (the paper's weights by default)")
     g.add_argument("--tv_weight", type=float, default=1600.0, help="illumination smoothness (TV of the curve map)")
     g.add_argument("--spa_weight", type=float, default=1.0, help="8-neighbour spatial consistency")
@@ -208,7 +214,8 @@ def add_strength_arg(parser):
 
 def add_inference_args(
     parser,
-    precision_help="fp32 is exact; bf16 (autocast) pays off on GPUs and CPUs with AVX512-BF16 or AMX; fp16: CUDA only",
+    precision_help="fp32 is exact; bf16 (autocast) pays off on GPUs and CPUs with AVX512-BF16 or AMX (elsewhere a note "
+    "says fp32 is faster); fp16: CUDA only",
 ):
     """Flags every script that enhances with trained weights shares: weights, precision and the network's."""
     parser.add_argument(
