@@ -234,12 +234,21 @@ def run_block(block, folder, clip):
 
 
 @pytest.fixture(scope="session")
-def block_results(tmp_path_factory):
-    """Every tested block, run in parallel (each in its own copy): {block id: (ok, log, unignored outputs)}."""
+def block_results(tmp_path_factory, request):
+    """The selected blocks, run in parallel (each in its own copy): {block id: (ok, log, unignored outputs)}."""
+    selected = {
+        item.callspec.params["block"][0]
+        for item in request.session.items
+        if hasattr(item, "callspec") and "block" in item.callspec.params
+    }
     base = tmp_path_factory.mktemp("docs")
     make_clip(base / CLIP)
     with ThreadPoolExecutor(max(2, available_cpus())) as pool:
-        futures = {b[0]: pool.submit(run_block, b, base / f"block{n}", base / CLIP) for n, b in enumerate(TESTED)}
+        futures = {
+            b[0]: pool.submit(run_block, b, base / f"block{n}", base / CLIP)
+            for n, b in enumerate(TESTED)
+            if b[0] in selected
+        }
         return {block_id: future.result() for block_id, future in futures.items()}
 
 
