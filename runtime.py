@@ -17,6 +17,7 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 EXIT_SOME_INPUTS_FAILED = 1  # the run went through, but some of its inputs could not be processed
@@ -68,12 +69,50 @@ def exit_now(status):
 
 def interrupt_on_sigterm():
     """SIGTERM (kill, a scheduler's time limit) ends a script as Ctrl-C does, so that atomic_output removes
-    its temporary file (SIGKILL cannot be caught: remove_stale_temporaries clears up after it)."""
+    its temporary file (SIGKILL cannot be caught: remove_stale_temporaries clears up after it). Both also
+    release the threads waiting at a pause_point."""
 
     def handler(signum, frame):
+        release_pause_points()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# A pause for tests that signal a script mid-work
+# ---------------------------------------------------------------------------------------------
+PAUSE_VARIABLE = "SGZ_TEST_PAUSE_AFTER"
+PAUSED = f"{PAUSE_VARIABLE}: paused"  # the line a paused script writes to stderr
+_pause_calls = [0]
+_pause_lock = threading.Lock()
+_pause_released = threading.Event()
+
+
+def pause_point():
+    """A test's hook, a no-op in use. Each script calls it in one place, at the start of each unit of work
+    (a frame to encode, an image, a training step). With SGZ_TEST_PAUSE_AFTER=N in the environment, once N
+    units have begun the next call writes PAUSED to stderr, and it and every later call wait for SIGINT or
+    SIGTERM. A test that signals a script mid-work waits for that line and signals then: the work waits for
+    the signal, not the other way round, so no race decides what the test sees."""
+    limit = os.environ.get(PAUSE_VARIABLE)
+    if limit is None:
+        return
+    with _pause_lock:
+        _pause_calls[0] += 1
+        calls = _pause_calls[0]
+    if calls <= int(limit):
+        return
+    if calls == int(limit) + 1:
+        print(f"\n{PAUSED}", file=sys.stderr, flush=True)  # on a line of its own, after any progress bar
+    while not _pause_released.wait(1):  # the main thread's wait ends with the handler's KeyboardInterrupt
+        pass
+
+
+def release_pause_points():
+    """Let the threads waiting at pause_point go on (the signal handlers call it)."""
+    _pause_released.set()
 
 
 # ---------------------------------------------------------------------------------------------

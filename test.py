@@ -158,6 +158,7 @@ class Tester:
     def enhance_file(self, src, dst):
         """One image file -> one enhanced file with the input's metadata (atomically; never over the source).
         Returns (height, width)."""
+        runtime.pause_point()
         if Path(dst).resolve() == Path(src).resolve():
             raise UserError(f"writing {dst} would overwrite its input; choose another output path")
         image, info = image_io.read_image(src, self.max_pixels, strict=not self.allow_corrupt)

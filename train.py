@@ -30,7 +30,7 @@ from dataloader import LowLightDataset
 from loss import SGZLoss
 from model import EnhanceNet, SegmentationNet, load_enhance_net
 from option import get_train_parser
-from runtime import EXIT_INTERRUPTED, UserError, available_cpus, run_script
+from runtime import EXIT_INTERRUPTED, UserError, available_cpus, pause_point, run_script
 from train_utils import (
     LAST,
     Position,
@@ -302,6 +302,7 @@ class Trainer:
         self.model.train()
         self.sampler.set_position(position.epoch, position.batch_in_epoch)
         for images in self.data_loader:
+            pause_point()
             images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
             result = train_step(
                 self.model,

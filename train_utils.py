@@ -31,7 +31,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from model import get_device
-from runtime import UserError, atomic_output
+from runtime import UserError, atomic_output, release_pause_points
 
 MAX_BAD_STEPS_IN_A_ROW = 5
 LOG_COLUMNS = ["epoch", "step", "total", "tv", "spa", "color", "exp", "seg", "grad_norm", "images_per_s"]
@@ -512,6 +512,7 @@ class StopOnSignal:
 
     def handle(self, signum, frame):
         self.received = signal.Signals(signum).name
+        release_pause_points()
         self.restore()
 
     def restore(self):

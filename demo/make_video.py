@@ -37,6 +37,7 @@ from runtime import (
     available_cpus,
     exit_now,
     interrupt_on_sigterm,
+    pause_point,
     remove_stale_temporaries,
     run_script,
     thread_limits,
@@ -287,6 +288,7 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
         with tqdm(total=vin.frames or None, unit="frame", desc=Path(src).name, dynamic_ncols=True) as bar:
 
             def encode_oldest():
+                pause_point()
                 rgb, pts, enhanced = in_flight.popleft()
                 enhanced = enhanced.result()
                 flicker_in.add(rgb)

@@ -8,13 +8,13 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import wait_until_paused
 from PIL import Image
 
 import train
@@ -22,7 +22,7 @@ import train_utils
 from dataloader import LowLightDataset, header_is_readable
 from model import EnhanceNet, load_enhance_net
 from option import get_train_parser
-from runtime import UserError, available_cpus, run_script
+from runtime import PAUSE_VARIABLE, UserError, available_cpus, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,21 +159,19 @@ def test_resume_alone_after_sigkill_ends_equal_to_an_uninterrupted_run(images, t
     common = ["--num_epochs", "4", "--display_iter", "2", "--device", "cpu"]
     assert cli(*argv_for(images, tmp_path / "straight", *common))[0] == 0
     run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", PAUSE_VARIABLE: "5"}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *argv_for(images, run, *common)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    deadline = time.monotonic() + 120
-    while not (run / "last.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until_paused(proc)  # after step 5, saved (--snapshot_iter 1): the run waits to be killed
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(run / "last.pth", weights_only=True)["step"]
-    assert killed_at < 12, "the run ended before it could be killed"
+    assert torch.load(run / "last.pth", weights_only=True)["step"] == 5
 
     status, err = cli("--resume", str(run / "last.pth"))  # its settings and its folder come from last.pth
     assert status == 0, err
@@ -253,6 +251,26 @@ def test_ctrl_c_or_sigterm_saves_the_last_whole_step_and_resume_loses_nothing(
     assert status == 0, err
     assert_same_weights(tmp_path / "straight" / "Epoch1.pth", run / "Epoch1.pth")
     assert log_steps(run) == log_steps(tmp_path / "straight")
+
+
+def test_ctrl_c_at_the_terminal_with_loader_workers_ends_the_step_saves_and_exits_130(images, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *argv_for(images, run, "--num_epochs", "2", "--snapshot_iter", "100")]
+        + ["--num_workers", "2"],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", PAUSE_VARIABLE: "4"},  # step 5 waits for the signal
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    said = wait_until_paused(proc)
+    os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C reaches the loader's workers too
+    err = said + proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted at step 5 (epoch 2 of 2, 2 of its 3 steps done)")
+    assert torch.load(run / "last.pth", weights_only=True)["step"] == 5
 
 
 def test_resume_with_overrides_lists_them_and_refuses_what_cannot_change(images, tmp_path, cli):

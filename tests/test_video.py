@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, wait_until_paused
 
 from model import EnhanceNet
 from option import get_video_parser
@@ -19,7 +19,7 @@ from option import get_video_parser
 sys.path.insert(0, str(ROOT / "demo"))
 import make_video as mv  # noqa: E402
 
-from runtime import UserError
+from runtime import PAUSE_VARIABLE, UserError
 
 FPS = 24
 AUDIO_RATE = 44100
@@ -505,9 +505,8 @@ def test_stale_temporary_video_of_a_killed_run_is_removed(tmp_path):
 
 def test_sigterm_and_ctrl_c_leave_no_temporary_file(tmp_path, weights):
     import signal
-    import time
 
-    src = make_clip(tmp_path / "long.mp4", 160, 120, frames=240, audio=False)
+    src = make_clip(tmp_path / "long.mp4", 160, 120, frames=24, audio=False)
     for sig in (signal.SIGTERM, signal.SIGINT):
         proc = subprocess.Popen(
             [
@@ -524,12 +523,11 @@ def test_sigterm_and_ctrl_c_leave_no_temporary_file(tmp_path, weights):
             ],
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, PAUSE_VARIABLE: "5"},  # the script waits for the signal after 5 frames
         )
-        deadline = time.monotonic() + 120
-        while not any(p.name.startswith(".sgz-") for p in tmp_path.iterdir()):  # writing has begun
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
+        said = wait_until_paused(proc)
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".sgz-")], said  # mid-write
         proc.send_signal(sig)
-        err = proc.communicate(timeout=60)[1]
+        err = said + proc.communicate(timeout=60)[1]
         assert proc.returncode == 130 and err.rstrip().endswith("interrupted") and "Traceback" not in err, err
         assert leftovers(tmp_path) == ["long.mp4"]
