@@ -151,8 +151,8 @@ def get_train_parser():
     g.add_argument(
         "--snapshots_folder",
         default="",
-        help="the run's folder: EpochN.pth, last.pth, loss_log.csv, loss_plot.png (default: runs/DATE-TIME, "
-        "or the folder of the --resume file)",
+        help="the run's folder: EpochN.pth, last.pth, args.json, train.log, loss_log.csv, loss_plot.png "
+        "(default: runs/DATE-TIME, or the folder of the --resume file)",
     )
     add_bool(
         g,

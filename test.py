@@ -143,7 +143,7 @@ class Tester:
 
     def __init__(
         self,
-        weight_dir="weight/sgz.pth",
+        weights="weight/sgz.pth",
         scale_factor=12,
         device="auto",
         precision="fp32",
@@ -152,7 +152,7 @@ class Tester:
         quality=95,
         allow_corrupt=False,
     ):
-        self.enhancer = Enhancer(weight_dir, scale_factor, device, precision, conv_type)
+        self.enhancer = Enhancer(weights, scale_factor, device, precision, conv_type)
         self.max_pixels, self.quality, self.allow_corrupt = max_pixels, quality, allow_corrupt
 
     def enhance_file(self, src, dst):

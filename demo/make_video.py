@@ -306,7 +306,7 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
                 # frames follow each other, from the stream's start.
                 last_pts = item.pts if item.pts is not None and not numbered else next_pts
                 next_pts = last_pts + (item.duration or round(1 / (rate * vin.time_base)))
-                in_flight.append((rgb, last_pts, worker.submit(enhancer.enhance_array, rgb, map_filter=map_filter)))
+                in_flight.append((rgb, last_pts, worker.submit(enhancer.enhance_frame, rgb, map_filter=map_filter)))
                 frames += 1
                 if len(in_flight) > FRAMES_IN_FLIGHT:
                     encode_oldest()

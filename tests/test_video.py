@@ -85,7 +85,7 @@ def decode_rgb(path):
 class Identity:
     """Stands in for the Enhancer where only the plumbing is under test."""
 
-    def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
+    def enhance_frame(self, image, map_filter=None):
         return image.copy()
 
 
@@ -167,8 +167,8 @@ def test_temporal_smoothing_changes_later_frames_only(tmp_path, tester):
         def __init__(self):
             self.outputs = []
 
-        def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
-            self.outputs.append(tester.enhance_array(image, scale_factor, strength, map_filter))
+        def enhance_frame(self, image, map_filter=None):
+            self.outputs.append(tester.enhance_frame(image, map_filter))
             return self.outputs[-1]
 
     src = make_clip(tmp_path / "in.mp4", audio=False)
@@ -252,7 +252,7 @@ def test_failed_run_keeps_an_existing_output(tmp_path):
 
 def test_interrupted_run_leaves_no_file(tmp_path):
     class Interrupted:
-        def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
+        def enhance_frame(self, image, map_filter=None):
             raise KeyboardInterrupt
 
     src = make_clip(tmp_path / "in.mp4")
