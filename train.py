@@ -101,7 +101,9 @@ class Trainer:
         self.rank, self.world_size, self.device = setup_distributed(args.device)
         try:
             self.build(args)
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, UserError):
+                self.run_log.record(f"error: {e}")
             self.close()
             raise
 
@@ -120,7 +122,6 @@ class Trainer:
         if is_main_process():
             self.lock = claim_run_folder(self.folder, args.resume, args.overwrite)
             self.run_log.open(self.folder)
-            write_settings(self.folder, args)
             if ckpt:
                 self.say(
                     f"resuming {args.resume} at epoch {ckpt['epoch']}, step {ckpt['step']}, into {self.folder}"
@@ -178,6 +179,7 @@ class Trainer:
         self.position = Position()
         if ckpt:
             self.restore(ckpt)
+        write_settings(self.folder, args)  # once the run is built: a resume refused leaves them as they were
 
     def say(self, message):
         """To the console and train.log (rank 0)."""
