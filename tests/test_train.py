@@ -236,6 +236,7 @@ def test_ctrl_c_or_sigterm_saves_the_last_whole_step_and_resume_loses_nothing(
         return real_step(*a)
 
     monkeypatch.setattr(train, "train_step", step_then_signal)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     run = tmp_path / "run"
     status, err = cli(*argv_for(images, run, *common))
     assert status == 130 and steps == [1, 2, 3, 4], err  # step 4 finished, no step 5 begun
@@ -245,7 +246,7 @@ def test_ctrl_c_or_sigterm_saves_the_last_whole_step_and_resume_loses_nothing(
     assert torch.load(run / "last.pth", weights_only=True)["step"] == 4  # saved, though --snapshot_iter is 100
     assert (run / "Epoch0.pth").is_file() and (run / "Epoch1_partial.pth").is_file()
     monkeypatch.setattr(train, "train_step", real_step)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
 
     status, err = cli("--resume", str(run / "last.pth"))
     assert status == 0, err
