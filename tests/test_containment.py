@@ -310,3 +310,39 @@ def test_a_profile_of_another_colour_space_is_not_carried(tmp_path):
     data = io.BytesIO()
     Image.fromarray(dark_image((16, 16, 3))).save(data, "PNG", icc_profile=srgb)
     assert image_io.decode_image(data.getvalue(), "srgb.png")[1]["metadata"]["icc_profile"] == srgb
+
+
+# ---------------------------------------------------------------------------------------------
+# The training Dataset and the video script
+# ---------------------------------------------------------------------------------------------
+def test_the_training_dataset_replaces_an_image_that_fails_in_any_way(tmp_path, monkeypatch):
+    import dataloader
+
+    for name, seed in (("a.png", 0), ("b.png", 1)):
+        Image.fromarray(dark_image((20, 30, 3), seed=seed)).save(tmp_path / name)
+    dataset = dataloader.LowLightDataset(tmp_path, size=16)
+    load_rgb = dataloader.load_rgb
+
+    def out_of_memory_for_a(path):
+        if path.name == "a.png":
+            raise MemoryError
+        return load_rgb(path)
+
+    monkeypatch.setattr(dataloader, "load_rgb", out_of_memory_for_a)
+    with pytest.warns(UserWarning, match=r"a\.png: MemoryError"):
+        tensor = dataset[0]
+    assert tensor.shape == (3, 16, 16)
+
+
+def test_a_video_that_fails_inside_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    make_video = pytest.importorskip("demo.make_video")
+    from option import get_video_parser
+
+    def broken(*args, **kwargs):
+        raise ValueError("a decoder's surprise")
+
+    monkeypatch.setattr(make_video, "run_choice", broken)
+    code = run_script(make_video.main, get_video_parser(), ["--video_path", str(tmp_path / "clip.mp4")])
+    err = capsys.readouterr().err
+    assert code == EXIT_SOME_INPUTS_FAILED and "Traceback" not in err
+    assert err.strip() == f"error: {tmp_path / 'clip.mp4'}: ValueError: a decoder's surprise"
