@@ -21,9 +21,10 @@ input_failure line, and with SGZ_DEBUG=1 the traceback).
 
 Host allow-list (against DNS rebinding: a page whose name is made to resolve to 127.0.0.1 would otherwise
 drive a local server from a visitor's browser). Bound to a loopback address, the app answers only to
-localhost, *.localhost and loopback IP addresses (any port); otherwise to those, to any IP address (a name
-that can be rebound is a DNS name, not an address) and to the names in --allowed_hosts (comma-separated;
-`*` allows any). Another Host header gets 421 Misdirected Request.
+localhost, *.localhost and loopback IP addresses (any port); otherwise to those and to any IP address (a
+name that can be rebound is a DNS name, not an address). The names in --allowed_hosts (comma-separated; `*`
+allows any) are answered to either way: the public name a reverse proxy on this machine passes on in Host.
+Another Host header gets 421 Misdirected Request.
 
 Security headers: every answer of the app carries SECURITY_HEADERS, and so do waitress's own error pages
 (a malformed request, headers too large, a body over the limit), through its error task class (waitress
@@ -322,9 +323,9 @@ def host_allowed(host_header, bound_host, allowed_hosts):
         address = None
     if name in LOOPBACK_NAMES or name.endswith(".localhost") or (address and address.is_loopback):
         return True
-    if is_loopback(bound_host):
-        return False
-    return address is not None or "*" in allowed_hosts or name in allowed_hosts
+    if "*" in allowed_hosts or name in allowed_hosts:
+        return True
+    return address is not None and not is_loopback(bound_host)
 
 
 def allowed_host_names(text):
@@ -548,7 +549,8 @@ def wsgi_app(*argv):
     """The app for a WSGI server of your own, configured by the command line's options (the admission
     control comes with it; bounds on bodies, threads and connections are then that server's to set):
         waitress-serve --call demo.app:wsgi_app
-        gunicorn 'demo.app:wsgi_app("--weight_dir", "weight/sgz.pth")'"""
+        gunicorn 'demo.app:wsgi_app("--weight_dir", "weight/sgz.pth", "--allowed_hosts", "photos.example.org")'
+    (--host is not where that server listens: give the names it is reached by with --allowed_hosts)."""
     return create_app(get_demo_parser().parse_args(argv))
 
 

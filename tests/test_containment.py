@@ -189,7 +189,8 @@ def test_a_fault_of_the_demo_is_500_with_a_generic_body(client, monkeypatch):
         ("127.0.0.1", "", "127.0.0.1:7860", True),
         ("127.0.0.1", "", "[::1]:7860", True),
         ("127.0.0.1", "", "attacker.example:7860", False),  # DNS rebinding
-        ("127.0.0.1", "attacker.example", "attacker.example", False),  # loopback: loopback names only
+        ("127.0.0.1", "photos.example", "photos.example", True),  # a reverse proxy's public name
+        ("127.0.0.1", "", "192.168.1.5", False),
         ("0.0.0.0", "", "192.168.1.5:7860", True),  # an address cannot be rebound
         ("0.0.0.0", "", "photos.example", False),
         ("0.0.0.0", "photos.example,other.example", "photos.example:80", True),
