@@ -362,7 +362,7 @@ class Enhancer:
             curve_map = map_filter(curve_map)
         return finish(frames, curve_map.clamp(-1, 1))
 
-    def enhance_frame(self, rgb, strength=1.0, map_filter=None):
+    def enhance_frame(self, rgb, map_filter=None, strength=1.0):
         """One video frame, a numpy (H, W, 3) array: through enhance_frames on a GPU (whole-frame ops, no
         bands), through enhance_array on a CPU (its kernel is faster there) and for 16-bit frames."""
         if self.device.type == "cpu" or rgb.dtype != np.uint8:

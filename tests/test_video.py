@@ -85,7 +85,7 @@ def decode_rgb(path):
 class Identity:
     """Stands in for the Enhancer where only the plumbing is under test."""
 
-    def enhance_frame(self, image, map_filter=None):
+    def enhance_frame(self, image, map_filter=None, strength=1.0):
         return image.copy()
 
 
@@ -167,8 +167,8 @@ def test_temporal_smoothing_changes_later_frames_only(tmp_path, tester):
         def __init__(self):
             self.outputs = []
 
-        def enhance_frame(self, image, map_filter=None):
-            self.outputs.append(tester.enhance_frame(image, map_filter))
+        def enhance_frame(self, image, map_filter=None, strength=1.0):
+            self.outputs.append(tester.enhance_frame(image, map_filter, strength))
             return self.outputs[-1]
 
     src = make_clip(tmp_path / "in.mp4", audio=False)
@@ -252,7 +252,7 @@ def test_failed_run_keeps_an_existing_output(tmp_path):
 
 def test_interrupted_run_leaves_no_file(tmp_path):
     class Interrupted:
-        def enhance_frame(self, image, map_filter=None):
+        def enhance_frame(self, image, map_filter=None, strength=1.0):
             raise KeyboardInterrupt
 
     src = make_clip(tmp_path / "in.mp4")
