@@ -24,6 +24,7 @@ from tqdm import tqdm
 import image_io
 import model
 import runtime
+import validate
 from enhance import Enhancer
 from option import get_test_parser
 from runtime import (
@@ -152,6 +153,8 @@ class Tester:
         quality=95,
         allow_corrupt=False,
     ):
+        max_pixels = validate.positive_int(max_pixels, "max_pixels")
+        quality = validate.quality(quality, "quality")
         self.enhancer = Enhancer(weight_dir, scale_factor, device, precision, conv_type)
         self.max_pixels, self.quality, self.allow_corrupt = max_pixels, quality, allow_corrupt
 
