@@ -109,7 +109,9 @@ def check_output_folder(jobs, out_root):
     """Fail before computing anything when the outputs cannot be written: the folder cannot be made or
     written to, a name is longer than its file system allows, or the free space is short of an
     estimate of what will be written (estimated_output_bytes)."""
-    out_root = Path(out_root)
+    out_root = runtime.check_output_folder(out_root)
+    for _, dst in jobs:
+        runtime.check_output_path(dst)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
         probe = runtime.temporary_name(out_root / "probe")

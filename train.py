@@ -37,7 +37,16 @@ from dataloader import LowLightDataset
 from loss import SGZLoss
 from model import EnhanceNet, SegmentationNet, get_device, load_enhance_net
 from option import get_train_parser
-from runtime import EXIT_INTERRUPTED, UserError, atomic_output, available_cpus, run_script
+from runtime import (
+    EXIT_INTERRUPTED,
+    UserError,
+    atomic_output,
+    available_cpus,
+    check_output_folder,
+    check_output_path,
+    run_script,
+    save_torch,
+)
 
 MAX_BAD_STEPS_IN_A_ROW = 5
 LOG_COLUMNS = ["epoch", "step", "total", "tv", "spa", "color", "exp", "seg", "grad_norm", "images_per_s"]
@@ -224,9 +233,18 @@ def holds_a_run(folder):
     return (folder / LAST).exists() or (folder / LOG).exists() or any(folder.glob("Epoch*.pth"))
 
 
+def check_run_folder(folder):
+    """The run folder is a folder (or nothing yet) and its files (checkpoints, log, plot) are regular files
+    or nothing: refused with one line before anything is created or loaded."""
+    check_output_folder(folder)
+    for name in (LAST, LOG, PLOT):
+        check_output_path(folder / name)
+
+
 def claim_run_folder(folder, resume_from, overwrite):
     """Lock the run folder for this process (the lock goes with the process, even on SIGKILL) and make
     sure no other run's files get overwritten. Returns the held lock."""
+    check_run_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock = FileLock(folder / LOCK, timeout=0)
@@ -275,10 +293,8 @@ def save_checkpoint(folder, model_without_ddp, optimizer, scaler, position, args
         "dataset": fingerprint,
         "rng": rng_state(),
     }
-    with atomic_output(folder / LAST) as tmp:
-        torch.save(full, tmp)
-    with atomic_output(folder / f"Epoch{position.weights_epoch}.pth") as tmp:
-        torch.save(weights, tmp)
+    save_torch(full, folder / LAST)
+    save_torch(weights, folder / f"Epoch{position.weights_epoch}.pth")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -726,6 +742,8 @@ class Trainer:
 
 def main(args):
     folder = args.snapshots_folder
+    if folder:
+        check_run_folder(Path(folder))
     try:
         with Trainer(args) as trainer:
             folder = trainer.folder
