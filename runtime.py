@@ -225,10 +225,10 @@ def check_output_folder(folder):
     except FileNotFoundError:
         return folder
     except OSError as e:
-        raise UserError(f"cannot use {folder} as the output folder: {e.strerror or e}") from None
+        raise UserError(f"cannot write into the output folder {folder}: {e.strerror or e}") from None
     if not stat.S_ISDIR(st.st_mode):
         kind = KINDS.get(stat.S_IFMT(st.st_mode), "a file")
-        raise UserError(f"cannot use {folder} as the output folder: it is {kind}; give a folder or a new path")
+        raise UserError(f"cannot write into the output folder {folder}: it is {kind}; give a folder or a new path")
     return folder
 
 

@@ -181,7 +181,7 @@ def test_a_run_folder_that_is_no_folder_is_refused(tmp_path, capsys, what):
     folder.write_text("keep") if what == "file" else os.mkfifo(folder)
     status = run_script(train.main, get_train_parser(), ["--snapshots_folder", str(folder)])
     err = capsys.readouterr().err.strip()
-    assert status == 2 and err.startswith(f"error: cannot use {folder} as the output folder: it is ")
+    assert status == 2 and err.startswith(f"error: cannot write into the output folder {folder}: it is ")
     assert listing(tmp_path) == ["run"] and (folder.read_text() == "keep" if what == "file" else folder.is_fifo())
 
 
