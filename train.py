@@ -313,6 +313,8 @@ class LossLog:
             writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+        # Rows are appended (flushed one by one) to the file atomic_output has just made, so a crash keeps
+        # every row logged before it.
         self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the whole run, closed by close())
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_COLUMNS, extrasaction="ignore")
 
