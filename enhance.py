@@ -245,7 +245,9 @@ class Enhancer:
     def __init__(self, weight_dir="weight/sgz.pth", scale_factor=12, device="auto", precision="fp32", conv_type=None):
         validate.one_of(precision, list(PRECISIONS), "precision")
         scale_factor = validate.positive_int(scale_factor, "scale_factor")
-        self.device = model.get_device(device) if isinstance(device, str) else torch.device(device)
+        self.device = (
+            model.get_device(validate.device(device, "device")) if isinstance(device, str) else torch.device(device)
+        )
         if precision == "fp16" and self.device.type == "cpu":
             raise UserError("--precision fp16 needs a GPU; on a CPU use bf16")
         self.scale_factor, self.precision = scale_factor, precision
