@@ -14,6 +14,7 @@ state_dict (the format the paper's code and ours exchange); `last.pth` holds eve
 (model, optimizer, loss scaler, position, args, RNG states); `loss_log.csv` and `loss_plot.png` the losses.
 """
 
+import argparse
 import csv
 import hashlib
 import os
@@ -202,6 +203,19 @@ def load_run_checkpoint(path):
     return ckpt
 
 
+def check_saved_setting(name, value, path):
+    """A setting read from a checkpoint, checked as the flag would be on the command line (a checkpoint is an
+    input like any other: `lr: nan` in it must not train on NaN)."""
+    action = next((a for a in get_train_parser()._actions if a.dest == name), None)
+    if action is None or action.type is None or value is None:
+        return value
+    try:
+        action.type(str(value))
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise UserError(f"--resume {path} holds a bad --{name} setting: {e}; start a new run") from None
+    return value
+
+
 def resumed_args(args, ckpt):
     """The run's saved settings, overridden by the flags given on this command line. Returns
     (args, the overrides as one line). A setting the run cannot change is a UserError saying why."""
@@ -212,7 +226,7 @@ def resumed_args(args, ckpt):
             continue
         old = saved[name]
         if name not in args.given:
-            merged[name] = old
+            merged[name] = check_saved_setting(name, old, args.resume)
         elif value != old:
             if name in FIXED_ON_RESUME:
                 raise UserError(
@@ -319,8 +333,11 @@ class LossLog:
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_COLUMNS, extrasaction="ignore")
 
     def write(self, **row):
-        self.writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-        self.file.flush()
+        try:
+            self.writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+            self.file.flush()
+        except OSError as e:  # a full disk: one line naming the log, as for the checkpoints
+            raise UserError(f"cannot write {self.file.name}: {e.strerror or e}") from None
 
     def close(self):
         self.file.close()

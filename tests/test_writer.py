@@ -196,3 +196,17 @@ def test_save_torch_writes_atomically(tmp_path):
     runtime.save_torch({"w": torch.ones(3)}, tmp_path / "a.pth")
     assert torch.equal(torch.load(tmp_path / "a.pth", weights_only=True)["w"], torch.ones(3))
     assert listing(tmp_path) == ["a.pth"]
+
+
+def test_a_bad_setting_saved_in_a_checkpoint_is_refused_on_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = {"model": {}, "optimizer": {}, "scaler": {}, "epoch": 0, "step": 1, "batch_in_epoch": 1, "rng": {}}
+    torch.save({**ckpt, "args": {"lr": float("nan"), "tv_weight": 1600.0}}, run / "last.pth")
+    status = run_script(train.main, get_train_parser(), ["--resume", str(run / "last.pth")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.splitlines()[-1] == (
+        f"error: --resume {run / 'last.pth'} holds a bad --lr setting: "
+        "expected a positive finite number, got 'nan'; start a new run"
+    )
+    assert listing(run) == ["last.pth"]
