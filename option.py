@@ -42,6 +42,8 @@ port = checked(validate.port)
 seed = checked(validate.seed)
 device = checked(validate.device)
 path = checked(validate.path_text)
+host = checked(validate.host)
+label = checked(validate.label)
 image_side = checked(validate.integer, low=16, high=16384)  # 16: the exposure loss pools 16x16 patches
 crf = checked(validate.integer, low=0, high=51)
 temporal_smoothing = checked(validate.real, low=0, high=1, high_open=True)
@@ -377,7 +379,9 @@ def get_demo_parser():
         "sample), compare before/after, download the result. Local and offline.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens the page to your network")
+    p.add_argument(
+        "--host", type=host, default="127.0.0.1", help="address to listen on; 0.0.0.0 opens the page to your network"
+    )
     p.add_argument("--port", type=port, default=7860, help="port to listen on; 0 picks a free one")
     p.add_argument(
         "--samples_dir",
@@ -437,6 +441,7 @@ def get_evaluate_parser():
     )
     p.add_argument(
         "--labels",
+        type=label,
         nargs="+",
         metavar="NAME",
         help="a name per --pred_dir for tables and pictures (default: the folder names)",

@@ -132,6 +132,21 @@ def one_of(value, choices, name=None):
     return value
 
 
+def host(value, name=None):
+    """A host name or address to listen on: letters, digits, dots, colons, hyphens, underscores and the
+    brackets of an IPv6 address (what an address or a DNS name can hold)."""
+    if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9.:\[\]_-]{1,253}", value)):
+        _fail(name, "a host name or IP address", value)
+    return value
+
+
+def label(value, name=None):
+    """A short name for tables and pictures: 1-100 printable characters."""
+    if not (isinstance(value, str) and 0 < len(value) <= 100 and value.isprintable()):
+        _fail(name, "a name of 1 to 100 printable characters", value)
+    return value
+
+
 def path_text(value, name=None):
     """A path as given: a non-empty string without NUL characters (which no file system takes)."""
     if not isinstance(value, str) or not value or "\0" in value:
