@@ -214,7 +214,8 @@ def add_video_stream(container, path, width, height, rate, time_base, crf, prese
 
 def add_vp9_stream(container, width, height, rate, time_base, crf, preset, colour=None):
     """A libvpx-vp9 stream in constant quality: --crf (x264's 0-51 scale) mapped onto VP9's 0-63, --preset
-    onto its speed. 8 bits a sample; odd sides use 4:4:4 (VP9 profile 1), as add_h264_stream."""
+    onto its speed. 8 bits a sample, 10-bit input too (the libvpx in PyAV's wheels is built without high bit
+    depth: for 10 bits write .mp4 or .mkv); odd sides use 4:4:4 (VP9 profile 1), as add_h264_stream."""
     options = {
         "crf": str(round(crf * 63 / 51)),
         "b": "0",  # constant quality, no bitrate target
