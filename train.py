@@ -15,6 +15,7 @@ state_dict (the format the paper's code and ours exchange); `last.pth` holds eve
 """
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import os
@@ -253,6 +254,15 @@ def check_run_folder(folder):
     check_output_folder(folder)
     for name in (LAST, LOG, PLOT):
         check_output_path(folder / name)
+
+
+def missing_folders(folder):
+    """The folders that creating `folder` would make: itself and its missing parents, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def claim_run_folder(folder, resume_from, overwrite):
@@ -536,12 +546,13 @@ class Trainer:
     given) and holds its folder's lock until `close()`; use it as a context manager."""
 
     def __init__(self, args):
-        self.lock = None
+        self.lock, self.made_folders = None, []
         self.rank, self.world_size, self.device = setup_distributed(args.device)
         try:
             self.build(args)
         except BaseException:
             self.close()
+            self.remove_made_folders()
             raise
 
     def build(self, args):
@@ -557,6 +568,7 @@ class Trainer:
         self.folder = Path(args.snapshots_folder or from_main_process(default_run_folder()))
         args.snapshots_folder = str(self.folder)
         if is_main_process():
+            self.made_folders = missing_folders(self.folder)
             self.lock = claim_run_folder(self.folder, args.resume, args.overwrite)
             if ckpt:
                 self.log(
@@ -615,6 +627,14 @@ class Trainer:
         self.position = Position()
         if ckpt:
             self.restore(ckpt)
+
+    def remove_made_folders(self):
+        """A run that fails while it is built (no images, bad weights) leaves no run folder holding only its
+        lock: the folders it made are removed again, if they hold nothing else."""
+        for folder in self.made_folders:  # the run folder first, then the parents it needed
+            with contextlib.suppress(OSError):
+                (folder / LOCK).unlink(missing_ok=True)
+                folder.rmdir()
 
     def log(self, message):
         if is_main_process():

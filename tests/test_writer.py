@@ -210,3 +210,15 @@ def test_a_bad_setting_saved_in_a_checkpoint_is_refused_on_resume(tmp_path, caps
         "expected a positive finite number, got 'nan'; start a new run"
     )
     assert listing(run) == ["last.pth"]
+
+
+def test_a_run_that_fails_while_it_is_built_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default run folder: runs/DATE-TIME here
+    (tmp_path / "kept").mkdir()
+    for argv in (
+        ["--lowlight_images_path", "nowhere"],
+        ["--snapshots_folder", "kept/new/run", "--lowlight_images_path", "x"],
+    ):
+        status = run_script(train.main, get_train_parser(), argv)
+        assert status == 2 and "training images not found" in capsys.readouterr().err
+        assert listing(tmp_path) == ["kept"] and listing(tmp_path / "kept") == []
