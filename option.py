@@ -283,7 +283,7 @@ def get_test_parser():
     g.add_argument(
         "--output_format",
         default="same",
-        choices=["same", "jpg", "png", "bmp", "tif", "webp", "heic", "avif"],
+        choices=["same", "jpg", "png", "bmp", "tif", "webp", "gif", "heic", "avif"],
         help="same: each output in its input's format (a format this installation cannot write, "
         "as HEIC without an HEVC encoder, becomes jpg); else this one, the extension changed",
     )
@@ -383,6 +383,12 @@ def get_demo_parser():
         "--host", type=host, default="127.0.0.1", help="address to listen on; 0.0.0.0 opens the page to your network"
     )
     p.add_argument("--port", type=port, default=7860, help="port to listen on; 0 picks a free one")
+    p.add_argument(
+        "--allowed_hosts",
+        default="",
+        help="comma-separated host names the server answers to when not bound to loopback (`*`: any), besides "
+        "localhost and IP addresses; other Host headers are refused (against DNS rebinding)",
+    )
     p.add_argument(
         "--samples_dir",
         type=path,

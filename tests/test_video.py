@@ -296,14 +296,20 @@ def test_v2i_writes_upright_numbered_frames_and_i2v_joins_them_in_numeric_order(
     assert green == sorted(green)  # 10.jpg after 9.jpg: numeric order, not text order
 
 
-def test_i2v_refuses_frames_of_different_sizes(tmp_path):
+def test_i2v_leaves_out_each_frame_it_cannot_use_and_names_it(tmp_path):
     from PIL import Image
 
-    Image.new("RGB", (32, 32)).save(tmp_path / "0.png")
-    Image.new("RGB", (32, 30)).save(tmp_path / "1.png")
-    with pytest.raises(UserError, match="one size"):
-        mv.frames_to_video(tmp_path, tmp_path / "out.mp4", 25)
-    assert not list(tmp_path.glob("*out*"))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("RGB", (32, 32)).save(frames / "0.png")
+    Image.new("RGB", (32, 30)).save(frames / "1.png")  # another size
+    (frames / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))  # not decodable
+    Image.new("RGB", (32, 32), (0, 90, 0)).save(frames / "3.png")
+    failed = []
+    assert mv.frames_to_video(frames, tmp_path / "out.mp4", 25, failed=failed) == 2
+    assert describe(tmp_path / "out.mp4")["frames"] == 2
+    assert len(failed) == 2 and "1.png" in failed[0] and "one size" in failed[0] and "2.png" in failed[1]
+    assert all("\n" not in line and "Traceback" not in line for line in failed)
 
 
 # ---------------------------------------------------------------------------------------------
