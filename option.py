@@ -43,6 +43,7 @@ seed = checked(validate.seed)
 device = checked(validate.device)
 path = checked(validate.path_text)
 host = checked(validate.host)
+host_list = checked(validate.host_list)
 label = checked(validate.label)
 image_side = checked(validate.integer, low=16, high=16384)  # 16: the exposure loss pools 16x16 patches
 crf = checked(validate.integer, low=0, high=51)
@@ -385,6 +386,7 @@ def get_demo_parser():
     p.add_argument("--port", type=port, default=7860, help="port to listen on; 0 picks a free one")
     p.add_argument(
         "--allowed_hosts",
+        type=host_list,
         default="",
         help="comma-separated host names the server answers to when not bound to loopback (`*`: any), besides "
         "localhost and IP addresses; other Host headers are refused (against DNS rebinding)",

@@ -140,6 +140,16 @@ def host(value, name=None):
     return value
 
 
+def host_list(value, name=None):
+    """Comma-separated host names ('' for none, `*` for any), each as `host` takes it."""
+    if not isinstance(value, str):
+        _fail(name, "comma-separated host names", value)
+    for item in value.split(","):
+        if item.strip() not in ("", "*") and not re.fullmatch(r"[A-Za-z0-9.:\[\]_-]{1,253}", item.strip()):
+            _fail(name, "comma-separated host names", value)
+    return value
+
+
 def label(value, name=None):
     """A short name for tables and pictures: 1-100 printable characters."""
     if not (isinstance(value, str) and 0 < len(value) <= 100 and value.isprintable()):
