@@ -211,8 +211,8 @@ def test_enhancer_in_tiles_equals_untiled(weights, enhancer, monkeypatch):
     rows_untiled = enhancer.curve_map_rows(torch.from_numpy(image), 255.0, 1, 1.0, None)
     monkeypatch.setattr(enhance, "TILE_PIXELS", 900)  # tiles of 16 + 2 * 7 pixels a side
     calls = []
-    net_run = enhancer.net.curve_map_lowres
-    monkeypatch.setattr(enhancer.net, "curve_map_lowres", lambda x: calls.append(x.shape) or net_run(x))
+    net_run = enhancer.net.curve_map_small
+    monkeypatch.setattr(enhancer.net, "curve_map_small", lambda x: calls.append(x.shape) or net_run(x))
     rows_tiled = enhancer.curve_map_rows(torch.from_numpy(image), 255.0, 1, 1.0, None)
     assert len(calls) > 4 and all(s[-2] * s[-1] <= 900 for s in calls)
     assert (rows_tiled - rows_untiled).abs().max() < 1e-5
