@@ -9,6 +9,10 @@ The enhancement itself is enhance.Enhancer; this script finds the files, plans w
 and decodes, enhances and encodes whole images in parallel threads (OpenCV and torch release the GIL).
 """
 
+import curve_kernel
+
+curve_kernel.load_in_background()  # beside torch's import, not beside the first decoders (see curve_kernel)
+
 import os
 import shutil
 import sys
@@ -160,8 +164,11 @@ class Tester:
         Returns (height, width)."""
         if Path(dst).resolve() == Path(src).resolve():
             raise UserError(f"writing {dst} would overwrite its input; choose another output path")
-        image, info = image_io.read_image(src, self.max_pixels, strict=not self.allow_corrupt)
-        image_io.write_image(dst, self.enhancer.enhance_array(image), self.quality, info["metadata"])
+        # In OpenCV's channel order: its decoders and encoders then convert nothing (the curve works on each
+        # channel alone, and Enhancer shows its network the small copy in RGB).
+        image, info = image_io.read_image(src, self.max_pixels, strict=not self.allow_corrupt, order="BGR")
+        enhanced = self.enhancer.enhance_array(image, order="BGR")
+        image_io.write_image(dst, enhanced, self.quality, info["metadata"], order="BGR")
         return image.shape[:2]
 
     def run(self, input_path, output_dir, workers=0, rank=0, world_size=1, progress=True, output_format="same"):
