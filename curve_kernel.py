@@ -4,8 +4,10 @@ and the 8-step curve applied, in one pass over the pixels (enhance.apply_curve_c
 It imports only numpy (numba on first use), so that a script can start loading the kernel before it imports
 PyTorch: numba's import and the first load of the cached kernel take about 0.5 CPU-seconds, mostly
 importing numba's own modules (and SciPy's BLAS, which numba checks for). Started first thing in a
-background thread (load_in_background), that load runs beside PyTorch's own import and is done before
-the first image is decoded; started later, it would compete with the decoders for the CPUs.
+background thread (load_in_background), that load runs beside PyTorch's own import and is done before the
+first image is decoded. Both imports hold the GIL most of the time, so start-up gains little from running
+them side by side; what the early start buys is a run that no longer shares its first second with the load
+(whose imports, holding the GIL, also stall the decoding threads between their OpenCV calls).
 """
 
 import threading
