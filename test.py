@@ -14,6 +14,10 @@ corrupt, out of memory, an encoder's error) is reported in one line naming it (r
 SGZ_DEBUG=1 adds the traceback), the others go on, and the run exits 1. Only Ctrl-C and SIGTERM stop it.
 """
 
+import curve_kernel
+
+curve_kernel.load_in_background()  # beside torch's import, not beside the first decoders (see curve_kernel)
+
 import os
 import shutil
 import sys
@@ -29,6 +33,7 @@ from tqdm import tqdm
 import image_io
 import model
 import runtime
+import validate
 from enhance import Enhancer
 from option import get_test_parser
 from runtime import (
@@ -114,7 +119,9 @@ def check_output_folder(jobs, out_root):
     """Fail before computing anything when the outputs cannot be written: the folder cannot be made or
     written to, a name is longer than its file system allows, or the free space is short of an
     estimate of what will be written (estimated_output_bytes)."""
-    out_root = Path(out_root)
+    out_root = runtime.check_output_folder(out_root)
+    for _, dst in jobs:
+        runtime.check_output_path(dst)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
         probe = runtime.temporary_name(out_root / "probe")
@@ -159,6 +166,8 @@ class Tester:
         allow_corrupt=False,
         strength=1.0,
     ):
+        max_pixels = validate.positive_int(max_pixels, "max_pixels")
+        quality = validate.quality(quality, "quality")
         self.enhancer = Enhancer(weights, scale_factor, device, precision, conv_type, weights_argument="--weight_dir")
         self.max_pixels, self.quality, self.allow_corrupt = max_pixels, quality, allow_corrupt
         self.strength = strength
@@ -170,18 +179,23 @@ class Tester:
         runtime.pause_point()
         if Path(dst).resolve() == Path(src).resolve():
             raise UserError(f"writing {dst} would overwrite its input; choose another output path")
-        image, info = image_io.read_image(src, self.max_pixels, strict=not self.allow_corrupt, all_frames=True)
+        # In OpenCV's channel order: its decoders and encoders then convert nothing (the curve works on each
+        # channel alone, and Enhancer shows its network the small copy in RGB).
+        image, info = image_io.read_image(
+            src, self.max_pixels, strict=not self.allow_corrupt, all_frames=True, order="BGR"
+        )
         for note in info["notes"]:
             tqdm.write(f"note: {src}: {note}", file=sys.stderr)
         animation = info.get("animation")
         pixels = image.shape[0] * image.shape[1]
         if animation:
-            frames = [self.enhancer.enhance_array(frame, strength=self.strength) for frame in animation["frames"]]
+            frames = [
+                self.enhancer.enhance_array(frame, strength=self.strength, order="BGR") for frame in animation["frames"]
+            ]
             pixels += sum(frame.shape[0] * frame.shape[1] for frame in frames)
             animation = {**animation, "frames": frames}
-        image_io.write_image(
-            dst, self.enhancer.enhance_array(image, strength=self.strength), self.quality, info["metadata"], animation
-        )
+        enhanced = self.enhancer.enhance_array(image, strength=self.strength, order="BGR")
+        image_io.write_image(dst, enhanced, self.quality, info["metadata"], animation, order="BGR")
         return pixels
 
     def run(self, input_path, output_dir, workers=0, rank=0, world_size=1, progress=True, output_format="same"):

@@ -4,6 +4,10 @@
   thread per core (what test.py would take if enhancing cost nothing);
 - the sequential floor: the same, one file after another with OpenCV's default settings (the older floor).
 
+It also times `python -c "import torch"` and prints the bars from the best of the runs: inside the process
+and the whole process minus torch's import, each against the parallel floor; then where test.py's CPU time
+goes, stage by stage (benchmarks/profile_stages.py; --no_stages leaves it out).
+
 For `python test.py` it reports the time inside the process (the "N images ... in S s" it prints: decoding,
 enhancing, encoding) and the whole process as a user runs it (start-up, imports, weights, the same work),
 with CPU time and peak RSS. It also checks the outputs: fp32 against the straightforward fp32 computation
@@ -11,6 +15,7 @@ with CPU time and peak RSS. It also checks the outputs: fp32 against the straigh
 
     python benchmarks/bench_test.py                                   # ../shared/data/test_data/real, our weights
     python benchmarks/bench_test.py --repeat 3 --mpix100              # medians of 3; a 100-megapixel photo too
+    python benchmarks/bench_test.py --scale1_only                     # peak RSS of a 12 MP photo at --scale_factor 1
 
 Other processes on the machine make single timings noisy: use --repeat and read the ratios.
 """
@@ -48,7 +53,20 @@ def get_bench_parser():
     p.add_argument("--skip_check", action="store_true", help="do not compare outputs with the fp32 reference")
     p.add_argument("--no_bf16", action="store_true", help="leave out the --precision bf16 run")
     p.add_argument("--mpix100", action="store_true", help="also enhance one 100-megapixel photo (wall time, peak RSS)")
+    p.add_argument(
+        "--scale1_only",
+        action="store_true",
+        help="only enhance one 12-megapixel photo (4000x3000) at --scale_factor 1, the network on the whole image "
+        "(in tiles): wall time and peak RSS",
+    )
+    p.add_argument("--no_stages", action="store_true", help="do not print the per-stage CPU profile")
     return p
+
+
+def import_torch_seconds():
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return {"wall": time.perf_counter() - start}
 
 
 def transcode(src, dst):
@@ -116,10 +134,22 @@ def max_differences(input_dir, dir_a, dir_b, weight_dir):
     return vs_reference, vs_other
 
 
-def make_100mpix_photo(source, path):
-    """A 12288 x 8192 dark photo (100.7 MPix) resized from a real one, written as PNG."""
+def make_100mpix_photo(source, path, size=(12288, 8192)):
+    """A 12288 x 8192 dark photo (100.7 MPix; or `size`, width x height) resized from a real one, as PNG."""
     image = cv2.imread(str(source), cv2.IMREAD_COLOR)
-    cv2.imwrite(str(path), cv2.resize(image, (12288, 8192), interpolation=cv2.INTER_CUBIC))
+    cv2.imwrite(str(path), cv2.resize(image, size, interpolation=cv2.INTER_CUBIC))
+
+
+def scale1_memory(source, tmp, weight_dir):
+    """Peak RSS of test.py on a 12-megapixel photo at --scale_factor 1 (without tiles: 16 GB)."""
+    photo = tmp / "mpix12" / "photo_12mpix.png"
+    photo.parent.mkdir()
+    make_100mpix_photo(source, photo, size=(4000, 3000))
+    run = run_test_py(
+        ["--input_dir", str(photo), "--test_dir", str(tmp / "mpix12_out"), "--weight_dir", weight_dir]
+        + ["--scale_factor", "1"]
+    )
+    print(f"12-MPix photo at --scale_factor 1: {run['wall']:.2f} s, peak RSS {run['rss']:.2f} GB")
 
 
 def median(runs, key):
@@ -135,8 +165,12 @@ def main(args):
         f"{len(files)} images, {megapixels:.1f} MPix from {args.input_dir}; {available_cpus()} CPUs; "
         f"torch {torch.__version__}; weights {args.weight_dir}"
     )
+    if args.scale1_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            scale1_memory(files[0], Path(tmp), args.weight_dir)
+        return
     precisions = ["fp32"] + ([] if args.no_bf16 else ["bf16"])
-    results = {"parallel": [], "sequential": [], **{p: [] for p in precisions}}
+    results = {"parallel": [], "sequential": [], "import torch": [], **{p: [] for p in precisions}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in results:
@@ -144,6 +178,7 @@ def main(args):
         for _ in range(args.repeat):  # interleaved, so that a noisy moment hits every configuration alike
             results["parallel"].append(parallel_floor(files, tmp / "parallel"))
             results["sequential"].append(sequential_floor(files, tmp / "sequential"))
+            results["import torch"].append(import_torch_seconds())
             for precision in precisions:
                 results[precision].append(
                     run_test_py(
@@ -183,6 +218,15 @@ def main(args):
                 f"| {median(runs, 'cpu'):.2f} | "
                 f"{median(runs, 'cpu') / floor_cpu:.2f} | {max(r['rss'] for r in runs):.2f} |"
             )
+        best = {name: min(r["wall"] for r in runs) for name, runs in results.items()}
+        best_inside = min(r["inside"] for r in results["fp32"])
+        floor_best, script = best["parallel"], best["fp32"] - best["import torch"]
+        print(
+            f"\nbars, best of {args.repeat}: inside the process {best_inside:.2f} s = {best_inside / floor_best:.2f}x "
+            f"the parallel floor ({floor_best:.2f} s; bar 1.4x); whole process {best['fp32']:.2f} s minus "
+            f"`import torch` {best['import torch']:.2f} s = {script / floor_best:.2f}x (bar 1.6x); "
+            f"peak RSS {max(r['rss'] for r in results['fp32']):.2f} GB (bar 1.2)"
+        )
         if args.repeat > 1:
             print("all runs, wall (s):", {k: [round(r["wall"], 2) for r in v] for k, v in results.items()})
             print(
@@ -197,6 +241,10 @@ def main(args):
                 f"\nmax |fp32 - straightforward fp32 reference| = {vs_reference}/255"
                 + (f"; max |bf16 - fp32| = {vs_bf16}/255" if "bf16" in precisions else "")
             )
+        if not args.no_stages:
+            sys.stdout.flush()
+            profile = [sys.executable, str(ROOT / "benchmarks" / "profile_stages.py"), "photos"]
+            subprocess.run([*profile, "--input_dir", args.input_dir, "--weight_dir", args.weight_dir], check=True)
         if args.mpix100:
             big = tmp / "big" / "photo_100mpix.png"
             big.parent.mkdir()

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import dark_image, max_abs_diff
 
+import enhance
 import image_io
 import model
 from enhance import Enhancer, apply_curve_, resize_axis, row_upsampler
@@ -162,6 +163,29 @@ def test_strength_and_map_filter(enhancer):
     assert image.mean() < gentle < full or image.mean() > gentle > full
 
 
+@pytest.mark.parametrize("channels, dtype", [(3, np.uint8), (4, np.uint8), (3, np.uint16)])
+def test_bgr_in_and_out_is_rgb_reversed(enhancer, channels, dtype):
+    """OpenCV's layout (test.py decodes and encodes in it): the same enhancement, channels reversed; also
+    with a map filter, which sees the map in RGB either way."""
+    rgb = dark_image((67, 91, 3), dtype)
+    if channels == 4:
+        rgb = np.dstack([rgb, np.arange(67 * 91).reshape(67, 91).astype(dtype)])
+    bgr = np.ascontiguousarray(rgb[..., [2, 1, 0, 3][:channels]])
+    order = [2, 1, 0, 3][:channels]
+    np.testing.assert_array_equal(enhancer.enhance_array(bgr, order="BGR"), enhancer.enhance_array(rgb)[..., order])
+    seen = []
+
+    def halve_red(curve_map):
+        seen.append(curve_map[0, 0].clone())
+        return curve_map * torch.tensor([0.5, 1.0, 1.0]).view(1, 3, 1, 1)
+
+    out = enhancer.enhance_array(bgr, order="BGR", map_filter=halve_red)
+    np.testing.assert_array_equal(out, enhancer.enhance_array(rgb, map_filter=halve_red)[..., order])
+    torch.testing.assert_close(seen[0], seen[1])  # the red channel's map, both times
+    grey = rgb[..., 0].copy()
+    np.testing.assert_array_equal(enhancer.enhance_array(grey, order="BGR"), enhancer.enhance_array(grey))
+
+
 def test_bf16_is_within_2_of_255_of_fp32(shared, official_weights):
     image = image_io.read_image(shared / "data" / "test_data" / "real" / "101_0_.png")[0]
     fp32 = Enhancer(official_weights, device="cpu").enhance_array(image)
@@ -174,5 +198,56 @@ def test_bad_arguments(weights, enhancer):
         Enhancer(weights, device="cpu", precision="fp16")
     with pytest.raises(ValueError, match="uint8 or uint16"):
         enhancer.enhance_array(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(ValueError, match="order"):
+        enhancer.enhance_array(np.zeros((4, 4, 3), np.uint8), order="YUV")
     with pytest.raises(UserError, match="nothere.pth"):
         Enhancer("nothere.pth", device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiles: the network on a large copy runs in overlapping tiles, with the same result
+# ---------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def test_tiled_network_equals_the_whole_run():
+    """float64 so that summation order cannot hide a wrong halo: with RECEPTIVE_RADIUS the tiles give the
+    whole run's map (1e-12), with one pixel less of context they do not (the test can fail)."""
+    torch.manual_seed(0)
+    net = model.EnhanceNet().eval().double()
+    for p in net.parameters():
+        p.mul_(3)  # strong dependence on every pixel of the receptive field
+    x = torch.rand(1, 3, 60, 45, dtype=torch.float64)
+    whole = net.curve_map_lowres(x)
+    for budget in (64, 300, 1000):  # tiles of 7, 3 and 17 pixels (+ the halo)
+        assert (enhance.curve_map_tiled(net, x, budget) - whole).abs().max() < 1e-12
+    assert torch.equal(enhance.curve_map_tiled(net, x, 60 * 45), whole)  # fits: one run
+    radius = enhance.RECEPTIVE_RADIUS
+    try:
+        enhance.RECEPTIVE_RADIUS = radius - 1
+        assert (enhance.curve_map_tiled(net, x, 300) - whole).abs().max() > 1e-3
+    finally:
+        enhance.RECEPTIVE_RADIUS = radius
+
+
+def test_enhancer_in_tiles_equals_untiled(weights, enhancer, monkeypatch):
+    """The whole Enhancer at scale factor 1 (the network on the full image) with a tiny tile budget: within
+    1e-5 of the untiled map, so the same pixels (up to a rounding tie)."""
+    image = dark_image((90, 70, 3))
+    untiled = enhancer.enhance_array(image, scale_factor=1)
+    rows_untiled = enhancer.curve_map_rows(torch.from_numpy(image), 255.0, 1, 1.0, None)
+    monkeypatch.setattr(enhance, "TILE_PIXELS", 900)  # tiles of 16 + 2 * 7 pixels a side
+    calls = []
+    net_run = enhancer.net.curve_map_small
+    monkeypatch.setattr(enhancer.net, "curve_map_small", lambda x: calls.append(x.shape) or net_run(x))
+    rows_tiled = enhancer.curve_map_rows(torch.from_numpy(image), 255.0, 1, 1.0, None)
+    assert len(calls) > 4 and all(s[-2] * s[-1] <= 900 for s in calls)
+    assert (rows_tiled - rows_untiled).abs().max() < 1e-5
+    assert max_abs_diff(enhancer.enhance_array(image, scale_factor=1), untiled) <= 1
+    assert max_abs_diff(untiled, reference(weights, image, scale_factor=1)) <= 1
+
+
+@pytest.mark.parametrize("bad", [0, -3, float("nan"), 2.5, True, "x"])
+def test_bad_scale_factor_and_strength_are_refused(enhancer, bad):
+    with pytest.raises(ValueError, match="scale_factor: expected a positive integer"):
+        enhancer.enhance_array(dark_image((8, 8, 3)), scale_factor=bad)
+    with pytest.raises(UserError, match="strength: expected a finite number >= 0"):
+        enhancer.enhance_array(dark_image((8, 8, 3)), strength=float("nan") if bad is True else -1)
