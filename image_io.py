@@ -10,7 +10,9 @@ only prints them), Pillow reads the headers and metadata, decodes what OpenCV de
 WebP/TIFF/AVIF with metadata, and pillow-heif adds HEIC/HEIF to Pillow."""
 
 import collections
+import contextlib
 import io
+import numbers
 import os
 import struct
 import zlib
@@ -120,6 +122,46 @@ def output_extension(src, output_format="same"):
 
 TIFF_BITS_PER_SAMPLE, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 258, 322, 323
 PNG_BIT_DEPTH_OFFSET = 24  # signature (8), IHDR length and type (8), width and height (8)
+MAX_HEADER_SIDE = 2**31 - 1  # the most a PNG may declare (TIFF and BMP headers may say more; nothing decodes it)
+MAX_BITS_PER_SAMPLE = 32  # 32-bit float TIFFs are read (and then refused); no image format here holds more
+
+
+def header_int(value, what, name, low=1, high=MAX_HEADER_SIDE):
+    """A number read from a file's header (a size, a tile size, a bit depth), checked before it sizes any
+    allocation or budget: a forged file may give it as text, a fraction, a list or far out of range, where
+    arithmetic on it would build a 1 GB string or a negative budget. Returns it as an int; anything but a
+    whole number from `low` to `high` is a UserError naming the file."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high:
+        return int(value)
+    shown = repr(value)[:40]
+    raise UserError(
+        f"{name}: its header gives {what} as {shown}, not a whole number from {low} to {high} (corrupt or forged)"
+    )
+
+
+def first_line(e, limit=200):
+    """An exception as one short line: its type and the first line of its message."""
+    message = (str(e).strip().splitlines() or [""])[0][:limit]
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+@contextlib.contextmanager
+def decoder_errors(name, what, hint=""):
+    """Around a call into a decoder library (Pillow, OpenCV, simplejpeg, libheif) on a file's bytes: whatever
+    the library raises there (cv2.error, ValueError, OSError, struct.error, zlib.error, SyntaxError, EOFError,
+    IndexError, ... its parsers are not written to raise only one type) is the file's fault, a UserError
+    naming it. Only decoder calls go inside, so a bug in our own code still shows as itself. MemoryError
+    is not the file's to fix: it goes through, to the caller's containment."""
+    try:
+        yield
+    except (UserError, MemoryError):
+        raise
+    except UnidentifiedImageError:  # Pillow's message would only repeat the name (or print a BytesIO)
+        raise UserError(f"{name}: not a readable image (no image format recognised)") from None
+    except Image.DecompressionBombError as e:  # Pillow's own limit (Image.MAX_IMAGE_PIXELS), when below ours
+        raise UserError(f"{name}: {e}") from None
+    except Exception as e:  # noqa: BLE001  (see above: the decoder's exception types are not a closed set)
+        raise UserError(f"{name}: {what} ({first_line(e)}){hint}") from None
 
 
 def exif_orientation(im):
@@ -130,7 +172,9 @@ def exif_orientation(im):
         orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a damaged EXIF block must not make a good photo unreadable
         return 1
-    return orientation if orientation in ORIENTATION_TRANSFORMS else 1
+    # A forged one may be text, a fraction or a list (unhashable): only the eight defined values count.
+    is_defined = isinstance(orientation, int) and not isinstance(orientation, bool)
+    return orientation if is_defined and orientation in ORIENTATION_TRANSFORMS else 1
 
 
 def carried_exif(im, orientation):
@@ -194,18 +238,16 @@ def check_jpeg_size(data, width, height, name):
 def decode_jpeg(data, name, strict):
     """A JPEG's pixels (RGB or grey) with libjpeg-turbo through simplejpeg, which (strict) turns libjpeg's
     warnings about corrupt data into an error. None for CMYK/YCCK, which Pillow converts."""
-    colorspace = simplejpeg.decode_jpeg_header(data)[2]
-    if colorspace not in ("Gray", "YCbCr", "RGB"):
-        return None
-    try:
+    hint = " (test.py --allow_corrupt enhances it anyway)" if strict else ""
+    with decoder_errors(name, "corrupt or truncated JPEG", hint):
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        if colorspace not in ("Gray", "YCbCr", "RGB"):
+            return None
         image = simplejpeg.decode_jpeg(data, "GRAY" if colorspace == "Gray" else "RGB", strict=strict)
-    except ValueError as e:
-        hint = " (test.py --allow_corrupt enhances it anyway)" if strict else ""
-        raise UserError(f"{name}: corrupt or truncated JPEG ({e}){hint}") from None
     return image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
 
 
-def decode_with_pil(data):
+def decode_with_pil(data, name="image"):
     """Pillow's decoder, for what OpenCV declines: its error messages are clear and it reads more variants.
     Returns an RGB(A)/grey array, uint8 or, for 16-bit grey, uint16, turned upright by its EXIF orientation.
     Grey with alpha comes back as RGBA (the enhancer's alpha layout), 16-bit grey with a transparent
@@ -220,7 +262,7 @@ def decode_with_pil(data):
             alpha = np.where(grey == transparent, 0, 65535).astype(np.uint16)
             return np.dstack([grey, grey, grey, alpha])
         if im.mode == "F":
-            raise UserError(f"floating-point {im.format} images are not supported")
+            raise UserError(f"{name}: floating-point {im.format} images are not supported")
         has_alpha = "A" in im.mode or "transparency" in im.info
         mode = "RGBA" if has_alpha else "L" if im.mode in ("1", "L") else "RGB"
         return np.array(im.convert(mode))  # a writable array, as OpenCV's (asarray's would be read-only)
@@ -246,38 +288,39 @@ def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
 ImageHeader = collections.namedtuple("ImageHeader", "format width height decoded_bytes")
 
 
-def image_header(data):
+def image_header(data, name="image"):
     """What the header of an image file in memory says, before anything is decoded: its format, size and
     the most bytes that decoding it can take: the image at up to 4 samples of the header's bit depth, plus
     a tiled TIFF's tile buffer (a tile may be declared far larger than the image). The web demo budgets its
-    memory with it. None where Pillow finds no image (decode_image says why)."""
+    memory with it. None where Pillow finds no image (decode_image says why); a UserError naming the file
+    (`name`) where a value the budget rests on is not a number in range (see header_int)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             image_format, (width, height) = im.format, im.size
-            tags = getattr(im, "tag_v2", {})
-            bits = tags.get(TIFF_BITS_PER_SAMPLE, 8)
-            tile_pixels = tags.get(TIFF_TILE_WIDTH, 0) * tags.get(TIFF_TILE_LENGTH, 0)
-    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            tags = dict(getattr(im, "tag_v2", {}))
+    except Exception:  # noqa: BLE001  (whatever Pillow's parsers raise: no header; decode_image says why)
         return None
-    if image_format == "PNG":
-        bits = data[PNG_BIT_DEPTH_OFFSET]  # Pillow opens 16-bit colour PNGs as 8-bit modes; OpenCV keeps 16 bits
-    bits = max(bits) if isinstance(bits, tuple) else bits
+    width, height = header_int(width, "the width", name), header_int(height, "the height", name)
+    if image_format == "PNG":  # Pillow opens 16-bit colour PNGs as 8-bit modes; OpenCV keeps 16 bits
+        samples = [data[PNG_BIT_DEPTH_OFFSET]]
+    else:
+        samples = tags.get(TIFF_BITS_PER_SAMPLE, 8)
+        samples = list(samples) if isinstance(samples, tuple) and samples else [samples]
+    bits = max(header_int(b, "the bits per sample", name, high=MAX_BITS_PER_SAMPLE) for b in samples)
+    tile_pixels = 0
+    if TIFF_TILE_WIDTH in tags or TIFF_TILE_LENGTH in tags:
+        tile_width = header_int(tags.get(TIFF_TILE_WIDTH), "the tile width", name)
+        tile_pixels = tile_width * header_int(tags.get(TIFF_TILE_LENGTH), "the tile length", name)
     return ImageHeader(image_format, width, height, (width * height + tile_pixels) * 4 * max(1, -(-bits // 8)))
 
 
 def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
     """read_image for the bytes of an image file already in memory (the web demo's uploads); `name` is
     what the error messages call it."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # header only: format, size, EXIF
-            image_format, (w, h), orientation = im.format, im.size, exif_orientation(im)
-            mode, info, metadata = im.mode, dict(im.info), carried_metadata(im, orientation)
-    except Image.DecompressionBombError as e:  # Pillow's own limit (Image.MAX_IMAGE_PIXELS), when below ours
-        raise UserError(f"{name}: {e}") from None
-    except UnidentifiedImageError:  # Pillow's message would only repeat the name (or print a BytesIO)
-        raise UserError(f"{name}: not a readable image (no image format recognised)") from None
-    except (OSError, SyntaxError, ValueError, RuntimeError) as e:  # RuntimeError: libheif's
-        raise UserError(f"{name}: not a readable image ({e})") from None
+    with decoder_errors(name, "not a readable image"), Image.open(io.BytesIO(data)) as im:  # header only
+        image_format, (w, h), orientation = im.format, im.size, exif_orientation(im)
+        mode, info, metadata = im.mode, dict(im.info), carried_metadata(im, orientation)
+    w, h = header_int(w, "the width", name), header_int(h, "the height", name)
     if w * h > max_pixels:
         raise UserError(
             f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
@@ -291,7 +334,10 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
         if image is not None and orientation != 1:
             image = np.ascontiguousarray(ORIENTATION_TRANSFORMS[orientation](image))
     elif opencv_decodes_cleanly(image_format, orientation, data, mode, info):
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # 1.3-4x faster than Pillow
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # 1.3-4x faster than Pillow
+        except cv2.error:  # OpenCV's own limits (a side over 2^20, ...) or a file it misreads: Pillow decides
+            image = None
         if image is not None:
             if image.ndim == 3:
                 image = cv2.cvtColor(
@@ -300,10 +346,8 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
             if orientation != 1:  # IMREAD_UNCHANGED leaves it to us
                 image = np.ascontiguousarray(ORIENTATION_TRANSFORMS[orientation](image))
     if image is None:
-        try:
-            image = decode_with_pil(data)
-        except (OSError, SyntaxError, ValueError, RuntimeError) as e:
-            raise UserError(f"{name}: corrupt or truncated {image_format} file ({e})") from None
+        with decoder_errors(name, f"corrupt or truncated {image_format} file"):
+            image = decode_with_pil(data, name)
     if image.dtype not in (np.uint8, np.uint16):
         raise UserError(f"{name}: {image.dtype} samples are not supported (8- and 16-bit images are)")
     return image, {"format": image_format, "orientation": orientation, "metadata": metadata}

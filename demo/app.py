@@ -100,9 +100,12 @@ def read_body(stream, max_bytes):
 def check_upload_header(data, name, max_pixels):
     """Refuse, from the header alone, what the page does not offer or would be turned against the server:
     another format, too many pixels, a side longer than any photo's, a progressive JPEG with more scans
-    than any camera writes. Returns
+    than any camera writes; a header whose values are no numbers in range (image_io.header_int). Returns
     the header (None when there is none: decode_upload then says what is wrong)."""
-    header = image_header(data)
+    try:
+        header = image_header(data, name)
+    except UserError as e:
+        raise BadRequest(f"{e}. Upload a JPEG, PNG, BMP, TIFF or WebP photo.") from None
     if header is None:
         return None
     if header.format not in UPLOAD_FORMATS:

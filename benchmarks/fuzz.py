@@ -1,0 +1,171 @@
+"""Coverage-guided fuzzing (atheris, libFuzzer) of what faces a user's files: image decoding, header parsing,
+metadata splicing, the web demo's upload handler and the checkpoint loader (tests/fuzz/targets.py says what
+each target promises). Every input that makes a target break its promise is a crasher: it is saved, once
+per distinct failure (exception type and the line that raised it), and fuzzing goes on.
+
+    python benchmarks/fuzz.py --minutes 3                    # every target for 3 minutes each, one after another
+    python benchmarks/fuzz.py --seconds 30 --target decode   # one target
+    python benchmarks/fuzz.py --minutes 3 --save             # crashers also go to tests/fuzz/regressions/<target>/
+
+It prints, per target, the executions run and the crashers found (with their base64), and exits 1 when
+it found any. The seeds (tests/fuzz/seeds) and the regression corpus start every run; the inputs that
+reach new code go to --corpus (a temporary folder by default). Each target fuzzes in a process of its own:
+libFuzzer ends its process when it is done. tests/test_fuzz.py runs this for a few seconds a target."""
+
+import argparse
+import base64
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
+
+import targets  # noqa: E402  (only the table: a target's modules are imported by its worker, instrumented)
+
+# libFuzzer's own findings, named by the kind of failure: a crash of the process, an input slower than
+# -timeout, a process past -rss_limit_mb.
+LIBFUZZER_ARTIFACTS = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
+PER_INPUT_TIMEOUT_S = 60  # far beyond any input of the seeds' size on a busy CPU: only a hang reaches it
+RSS_LIMIT_MB = 4096
+MAX_INPUT_BYTES = 16384
+
+
+def signature(e):
+    """A failure's identity: the exception type and the innermost line that raised it."""
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+    return f"{type(e).__name__} at {where}"
+
+
+def worker(target, seconds, crashers, corpus, seed):
+    """Fuzz one target in this process (libFuzzer exits it at the end)."""
+    import atheris
+
+    with atheris.instrument_imports(include=targets.INSTRUMENTED[target]):
+        run = targets.load(target)
+    crashers.mkdir(parents=True, exist_ok=True)
+    seen = set()
+
+    def one_input(data):
+        try:
+            run(data)
+        except Exception as e:  # noqa: BLE001  (every exception that escapes a target is a finding)
+            found = signature(e)
+            if found in seen:
+                return
+            seen.add(found)
+            name = hashlib.sha1(data).hexdigest()[:16]
+            (crashers / name).write_bytes(data)
+            text = "".join(traceback.format_exception(e))
+            (crashers / f"{name}.txt").write_text(f"{found}\n{text}")
+            print(f"\nNEW CRASHER {name}: {found}\n{text}", file=sys.stderr, flush=True)
+
+    corpora = [corpus, targets.SEEDS, targets.REGRESSIONS / target]
+    argv = [
+        sys.argv[0],
+        f"-max_total_time={seconds}",
+        f"-seed={seed}",
+        f"-timeout={PER_INPUT_TIMEOUT_S}",
+        f"-rss_limit_mb={RSS_LIMIT_MB}",
+        f"-max_len={MAX_INPUT_BYTES}",
+        f"-artifact_prefix={crashers}/",
+        "-print_final_stats=1",
+        *[str(c) for c in corpora if c.is_dir()],
+    ]
+    atheris.Setup(argv, one_input)
+    atheris.Fuzz()
+
+
+def fuzz(target, seconds, crashers, corpus, seed):
+    """Run one target's worker; returns (executions, its output)."""
+    command = [sys.executable, __file__, "--worker", target, "--seconds", str(seconds), "--seed", str(seed)]
+    command += ["--crashers", str(crashers), "--corpus", str(corpus)]
+    corpus.mkdir(parents=True, exist_ok=True)
+    # The worker stops itself after `seconds`; the margin covers its start (imports, the seed corpus) on a busy CPU.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 300, errors="replace")
+    output = result.stdout + result.stderr
+    runs = re.findall(r"stat::number_of_executed_units: (\d+)", output) or re.findall(r"Done (\d+) runs", output)
+    if result.returncode != 0 and not any(crashers.glob("*")):  # it failed before fuzzing: say why
+        (crashers / "worker-failed.txt").parent.mkdir(parents=True, exist_ok=True)
+        (crashers / "worker-failed.txt").write_text(output[-5000:])
+    return int(runs[-1]) if runs else 0, output
+
+
+def crasher_files(crashers):
+    """The crashing inputs saved in a target's crashers folder (not the notes beside them)."""
+    if not crashers.is_dir():
+        return []
+    return sorted(p for p in crashers.iterdir() if p.suffix != ".txt" and p.is_file())
+
+
+def report(target, crashers):
+    """Lines describing a target's crashers: what failed, and the input as base64."""
+    lines = []
+    failed = crashers / "worker-failed.txt"
+    if failed.is_file():
+        lines.append(f"[{target}] the fuzzer did not run:\n{failed.read_text()}")
+    for path in crasher_files(crashers):
+        note = path.with_name(path.name + ".txt")
+        kind = note.read_text().splitlines()[0] if note.is_file() else path.name.split("-")[0] + " (libFuzzer)"
+        lines.append(f"[{target}] {path.name}: {kind}\n  base64: {base64.b64encode(path.read_bytes()).decode()}")
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--target", action="append", choices=targets.TARGETS, help="a target (repeatable); all by default"
+    )
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--minutes", type=float, help="fuzzing time per target")
+    length.add_argument("--seconds", type=float, help="fuzzing time per target (default 10)")
+    parser.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once")
+    parser.add_argument("--seed", type=int, default=0, help="libFuzzer's random seed (0: a new one each run)")
+    parser.add_argument("--crashers", type=Path, help="where crashers go, a folder per target (default: temporary)")
+    parser.add_argument("--corpus", type=Path, help="where the inputs that reach new code go (default: temporary)")
+    parser.add_argument("--save", action="store_true", help="add new crashers to tests/fuzz/regressions/<target>/")
+    parser.add_argument("--worker", choices=targets.TARGETS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    seconds = max(1, round(args.minutes * 60 if args.minutes else args.seconds or 10))
+    if args.worker:
+        return worker(args.worker, seconds, args.crashers, args.corpus, args.seed)
+
+    work = Path(tempfile.mkdtemp(prefix="sgz-fuzz-"))
+    crashers = args.crashers or work / "crashers"
+    corpus = args.corpus or work / "corpus"
+    chosen = args.target or list(targets.TARGETS)
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        runs = dict(zip(chosen, pool.map(lambda t: fuzz(t, seconds, crashers / t, corpus / t, args.seed)[0], chosen)))
+    found = []
+    for target in chosen:
+        lines = report(target, crashers / target)
+        found += lines
+        print(
+            f"{target:11} {runs[target]:9} executions in {seconds} s, {len(crasher_files(crashers / target))} crashers"
+        )
+        if args.save:
+            destination = targets.REGRESSIONS / target
+            destination.mkdir(parents=True, exist_ok=True)
+            for path in crasher_files(crashers / target):
+                shutil.copyfile(path, destination / path.name)
+    print(f"total: {sum(runs.values())} executions, {time.monotonic() - start:.0f} s wall; crashers in {crashers}")
+    print("\n".join(found))
+    if not args.crashers and not found:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core a worker: the fuzzer is single-threaded anyway
+    sys.exit(main())
