@@ -288,6 +288,20 @@ def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
 ImageHeader = collections.namedtuple("ImageHeader", "format width height decoded_bytes")
 
 
+def header_size(source, name="image"):
+    """(width, height) from the header of an image file (a path, or its bytes), nothing decoded: None where
+    Pillow finds no image (read_image says why); a UserError naming the file (`name`) where the header's
+    size is no number in range (header_int)."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            width, height = im.size
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001  (whatever Pillow's parsers raise: no header; read_image says why)
+        return None
+    return header_int(width, "the width", name), header_int(height, "the height", name)
+
+
 def image_header(data, name="image"):
     """What the header of an image file in memory says, before anything is decoded: its format, size and
     the most bytes that decoding it can take: the image at up to 4 samples of the header's bit depth, plus
@@ -298,6 +312,8 @@ def image_header(data, name="image"):
         with Image.open(io.BytesIO(data)) as im:
             image_format, (width, height) = im.format, im.size
             tags = dict(getattr(im, "tag_v2", {}))
+    except MemoryError:
+        raise
     except Exception:  # noqa: BLE001  (whatever Pillow's parsers raise: no header; decode_image says why)
         return None
     width, height = header_int(width, "the width", name), header_int(height, "the height", name)

@@ -142,3 +142,20 @@ def test_any_truncation_of_a_real_image_decodes_or_is_one_user_error(seed, lengt
 @given(st.binary(max_size=512))
 def test_arbitrary_bytes_decode_or_are_one_user_error(data):
     decoded_or_refused(data)
+
+
+def test_header_size_reads_paths_and_bytes_and_gives_none_for_whatever_pillow_raises(monkeypatch):
+    tiled = FUZZ / "seeds" / "tiled.tif"
+    assert image_io.header_size(tiled) == image_io.header_size(tiled.read_bytes()) == (24, 16)
+    assert image_io.header_size(b"not an image") is None
+
+    def parser_bug(*args, **kwargs):
+        raise struct.error("unpack requires a buffer of 8 bytes")  # not one of the types callers used to list
+
+    monkeypatch.setattr(image_io.Image, "open", parser_bug)
+    assert image_io.header_size(tiled) is None and image_io.image_header(tiled.read_bytes()) is None
+    import dataloader
+    import test as tester
+
+    assert not dataloader.header_is_readable(tiled)
+    assert tester.estimated_output_bytes(tiled, Path("out.png")) == 3 * tiled.stat().st_size
