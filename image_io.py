@@ -211,8 +211,21 @@ def carried_metadata(im, orientation):
     return {key: value for key, value in metadata.items() if value}
 
 
+def png_chunks_fit(data):
+    """Whether a PNG is a whole chain of chunks, each within the file, up to its end chunk (IEND). OpenCV's
+    reader allocates a chunk's declared length before reading it: a 189-byte PNG whose last chunk claims
+    3.5 GB took 4 GB of memory, and a PNG cut short makes libpng print a message."""
+    at = 8  # the signature
+    while at + 12 <= len(data):  # length, type, ..., CRC
+        length, kind = struct.unpack_from(">I4s", data, at)
+        at += 12 + length
+        if kind == b"IEND":
+            return at <= len(data)
+    return False
+
+
 def opencv_decodes_cleanly(image_format, orientation, data, mode, info):
-    """False where OpenCV would misbehave: a PNG without its end chunk (it prints a libpng message), a
+    """False where OpenCV would misbehave: a PNG whose chunks do not fit in the file (png_chunks_fit), a
     TIFF with an orientation tag (its TIFF reader applies the flips itself and fails on the rotations),
     grey images with alpha or a transparent colour (it drops the alpha), and formats it cannot read."""
     if image_format not in ("PNG", "BMP", "TIFF", "WEBP"):
@@ -220,7 +233,7 @@ def opencv_decodes_cleanly(image_format, orientation, data, mode, info):
     if mode in ("LA", "La") or (mode in ("L", "I", "I;16", "I;16B") and "transparency" in info):
         return False
     if image_format == "PNG":
-        return data.rfind(b"IEND") != -1
+        return png_chunks_fit(data)
     return image_format != "TIFF" or orientation == 1
 
 
@@ -302,6 +315,15 @@ def header_size(source, name="image"):
     return header_int(width, "the width", name), header_int(height, "the height", name)
 
 
+def tiff_tile_pixels(tags, name):
+    """The pixels of one tile of a tiled TIFF (its TIFF tags as a dict), 0 for strips: the decoder's buffer
+    for one tile, which the header may declare far larger than the image."""
+    if TIFF_TILE_WIDTH not in tags and TIFF_TILE_LENGTH not in tags:
+        return 0
+    width = header_int(tags.get(TIFF_TILE_WIDTH), "the tile width", name)
+    return width * header_int(tags.get(TIFF_TILE_LENGTH), "the tile length", name)
+
+
 def image_header(data, name="image"):
     """What the header of an image file in memory says, before anything is decoded: its format, size and
     the most bytes that decoding it can take: the image at up to 4 samples of the header's bit depth, plus
@@ -323,10 +345,7 @@ def image_header(data, name="image"):
         samples = tags.get(TIFF_BITS_PER_SAMPLE, 8)
         samples = list(samples) if isinstance(samples, tuple) and samples else [samples]
     bits = max(header_int(b, "the bits per sample", name, high=MAX_BITS_PER_SAMPLE) for b in samples)
-    tile_pixels = 0
-    if TIFF_TILE_WIDTH in tags or TIFF_TILE_LENGTH in tags:
-        tile_width = header_int(tags.get(TIFF_TILE_WIDTH), "the tile width", name)
-        tile_pixels = tile_width * header_int(tags.get(TIFF_TILE_LENGTH), "the tile length", name)
+    tile_pixels = tiff_tile_pixels(tags, name)
     return ImageHeader(image_format, width, height, (width * height + tile_pixels) * 4 * max(1, -(-bits // 8)))
 
 
@@ -336,11 +355,18 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
     with decoder_errors(name, "not a readable image"), Image.open(io.BytesIO(data)) as im:  # header only
         image_format, (w, h), orientation = im.format, im.size, exif_orientation(im)
         mode, info, metadata = im.mode, dict(im.info), carried_metadata(im, orientation)
+        tags = dict(getattr(im, "tag_v2", {}))
     w, h = header_int(w, "the width", name), header_int(h, "the height", name)
     if w * h > max_pixels:
         raise UserError(
             f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
             f"{max_pixels / 1e6:.0f} (a decompression bomb?); raise --max_mpix if the image is genuine"
+        )
+    tile_pixels = tiff_tile_pixels(tags, name)
+    if tile_pixels > max_pixels:  # the decoder allocates a whole tile, whatever the image's size
+        raise UserError(
+            f"{name}: its header declares tiles of {tile_pixels:,} pixels, above the limit of "
+            f"{max_pixels:,.0f} (corrupt or forged)"
         )
     image = None
     if image_format in ("JPEG", "MPO"):

@@ -75,7 +75,7 @@ def test_tiles_and_bit_depth_size_the_budget():
     [
         ("jpeg_junk_before_sof.jpg", "corrupt or truncated JPEG .ValueError: Corrupt JPEG data: 8 extraneous bytes"),
         ("bmp_4x2000000.bmp", "corrupt or truncated BMP file"),
-        ("tiff_text_tile_width.tif", "corrupt or truncated TIFF file"),
+        ("tiff_text_tile_width.tif", "its header gives the tile width as '999'"),
     ],
 )
 def test_decoder_failures_are_user_errors_naming_the_file(name, message):
@@ -159,3 +159,29 @@ def test_header_size_reads_paths_and_bytes_and_gives_none_for_whatever_pillow_ra
 
     assert not dataloader.header_is_readable(tiled)
     assert tester.estimated_output_bytes(tiled, Path("out.png")) == 3 * tiled.stat().st_size
+
+
+def test_opencv_is_never_handed_a_png_whose_chunks_claim_more_than_the_file(monkeypatch):
+    """Fuzz-found: OpenCV allocated a chunk's declared length (3.5 GB) for a 189-byte PNG; Pillow reads what is there."""
+    forged = (FUZZ / "regressions" / "decode" / "png_chunk_claims_3gb.png").read_bytes()
+    assert not image_io.png_chunks_fit(forged) and not image_io.png_chunks_fit(forged[:-12])
+    assert all(image_io.png_chunks_fit(p.read_bytes()) for p in IMAGE_SEEDS if p.suffix == ".png")
+
+    def out_of_memory(*args, **kwargs):
+        raise AssertionError("OpenCV handed a PNG it would allocate gigabytes for")
+
+    monkeypatch.setattr(image_io.cv2, "imdecode", out_of_memory)
+    with pytest.raises(UserError, match="^f.png: corrupt or truncated PNG file"):
+        image_io.decode_image(forged, "f.png")
+
+
+def test_a_tile_larger_than_the_pixel_limit_is_refused_before_decoding():
+    import io
+
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((16, 24, 3), np.uint8), tile=(64, 64), photometric="rgb")
+    assert image_io.decode_image(buffer.getvalue(), "t.tif", max_pixels=4096)[0].shape == (16, 24, 3)
+    with pytest.raises(UserError, match="^t.tif: its header declares tiles of 4,096 pixels, above the limit of 4,095"):
+        image_io.decode_image(buffer.getvalue(), "t.tif", max_pixels=4095)
