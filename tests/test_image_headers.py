@@ -162,7 +162,7 @@ def test_header_size_reads_paths_and_bytes_and_gives_none_for_whatever_pillow_ra
 
 
 def test_opencv_is_never_handed_a_png_whose_chunks_claim_more_than_the_file(monkeypatch):
-    """Fuzz-found: OpenCV allocated a chunk's declared length (3.5 GB) for a 189-byte PNG; Pillow reads what is there."""
+    """Fuzz-found: OpenCV allocated a chunk's declared length (3.5 GB) for a 189-byte PNG; Pillow reads what is."""
     forged = (FUZZ / "regressions" / "decode" / "png_chunk_claims_3gb.png").read_bytes()
     assert not image_io.png_chunks_fit(forged) and not image_io.png_chunks_fit(forged[:-12])
     assert all(image_io.png_chunks_fit(p.read_bytes()) for p in IMAGE_SEEDS if p.suffix == ".png")
