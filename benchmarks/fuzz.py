@@ -15,6 +15,7 @@ libFuzzer ends its process when it is done. tests/test_fuzz.py runs this for a f
 import argparse
 import base64
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -45,30 +46,49 @@ def signature(e):
     return f"{type(e).__name__} at {where}"
 
 
-def worker(target, seconds, crashers, corpus, seed):
-    """Fuzz one target in this process (libFuzzer exits it at the end)."""
+def worker(names, seconds, crashers, corpus, seed):
+    """Fuzz the targets `names` in this process (libFuzzer exits it at the end). With several, an input's
+    first byte chooses its target (libFuzzer mutates it too) and the rest is the input: one process and
+    one start for all, as CI wants. Crashers go to crashers/<target>/, the executions of each target to
+    crashers/executions.json (rewritten every second)."""
     import atheris
 
-    with atheris.instrument_imports(include=targets.INSTRUMENTED[target]):
-        run = targets.load(target)
-    crashers.mkdir(parents=True, exist_ok=True)
-    seen = set()
+    include = sorted({module for name in names for module in targets.INSTRUMENTED[name]})
+    with atheris.instrument_imports(include=include):
+        runs = [targets.load(name) for name in names]
+    seen, executions, written = set(), dict.fromkeys(names, 0), [time.monotonic()]
+    for name in names:
+        (crashers / name).mkdir(parents=True, exist_ok=True)
 
     def one_input(data):
+        index = 0
+        if len(names) > 1:
+            if not data:
+                return
+            index, data = data[0] % len(names), data[1:]
+        name = names[index]
+        executions[name] += 1
+        if time.monotonic() - written[0] > 1:
+            (crashers / "executions.json").write_text(json.dumps(executions))
+            written[0] = time.monotonic()
         try:
-            run(data)
+            runs[index](data)
         except Exception as e:  # noqa: BLE001  (every exception that escapes a target is a finding)
-            found = signature(e)
+            found = f"{name}: {signature(e)}"
             if found in seen:
                 return
             seen.add(found)
-            name = hashlib.sha1(data).hexdigest()[:16]
-            (crashers / name).write_bytes(data)
-            text = "".join(traceback.format_exception(e))
-            (crashers / f"{name}.txt").write_text(f"{found}\n{text}")
-            print(f"\nNEW CRASHER {name}: {found}\n{text}", file=sys.stderr, flush=True)
+            save_crasher(crashers / name, data, f"{signature(e)}\n{''.join(traceback.format_exception(e))}")
 
-    corpora = [corpus, targets.SEEDS, targets.REGRESSIONS / target]
+    corpus.mkdir(parents=True, exist_ok=True)
+    if len(names) == 1:
+        corpora = [corpus, targets.SEEDS, targets.REGRESSIONS / names[0]]
+    else:  # the seeds and regressions, each with the byte that chooses its target(s)
+        for index, name in enumerate(names):
+            for path in targets.corpus_files(name):
+                data = bytes([index]) + path.read_bytes()
+                (corpus / hashlib.sha1(data).hexdigest()).write_bytes(data)
+        corpora = [corpus]
     argv = [
         sys.argv[0],
         f"-max_total_time={seconds}",
@@ -84,19 +104,37 @@ def worker(target, seconds, crashers, corpus, seed):
     atheris.Fuzz()
 
 
-def fuzz(target, seconds, crashers, corpus, seed):
-    """Run one target's worker; returns (executions, its output)."""
-    command = [sys.executable, __file__, "--worker", target, "--seconds", str(seconds), "--seed", str(seed)]
-    command += ["--crashers", str(crashers), "--corpus", str(corpus)]
-    corpus.mkdir(parents=True, exist_ok=True)
+def save_crasher(folder, data, note):
+    name = hashlib.sha1(data).hexdigest()[:16]
+    (folder / name).write_bytes(data)
+    (folder / f"{name}.txt").write_text(note)
+    print(f"\nNEW CRASHER {folder.name}/{name}: {note}", file=sys.stderr, flush=True)
+
+
+def fuzz(names, seconds, crashers, corpus, seed):
+    """Run a worker on the targets `names`; returns {target: executions}."""
+    command = [sys.executable, __file__, "--worker", ",".join(names), "--seconds", str(seconds)]
+    command += ["--seed", str(seed), "--crashers", str(crashers), "--corpus", str(corpus)]
+    crashers.mkdir(parents=True, exist_ok=True)
     # The worker stops itself after `seconds`; the margin covers its start (imports, the seed corpus) on a busy CPU.
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 300, errors="replace")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 600, errors="replace")
     output = result.stdout + result.stderr
-    runs = re.findall(r"stat::number_of_executed_units: (\d+)", output) or re.findall(r"Done (\d+) runs", output)
-    if result.returncode != 0 and not any(crashers.glob("*")):  # it failed before fuzzing: say why
-        (crashers / "worker-failed.txt").parent.mkdir(parents=True, exist_ok=True)
-        (crashers / "worker-failed.txt").write_text(output[-5000:])
-    return int(runs[-1]) if runs else 0, output
+    # libFuzzer's own findings (a hang, a process past the memory limit, a crash of the process itself).
+    for path in crashers.iterdir():
+        if path.is_file() and path.name.startswith(LIBFUZZER_ARTIFACTS):
+            data, kind = path.read_bytes(), path.name.split("-")[0]
+            index = data[0] % len(names) if len(names) > 1 and data else 0
+            (crashers / names[index]).mkdir(parents=True, exist_ok=True)
+            save_crasher(crashers / names[index], data[1:] if len(names) > 1 else data, f"{kind} (libFuzzer)")
+            path.unlink()
+    counts = crashers / "executions.json"
+    executions = json.loads(counts.read_text()) if counts.is_file() else dict.fromkeys(names, 0)
+    total = re.findall(r"stat::number_of_executed_units: (\d+)", output) or re.findall(r"Done (\d+) runs", output)
+    if len(names) == 1 and total:
+        executions = {names[0]: int(total[-1])}
+    if result.returncode != 0 and not any(crasher_files(crashers / name) for name in names):
+        (crashers / "worker-failed.txt").write_text(output[-5000:])  # it failed before fuzzing: say why
+    return executions
 
 
 def crasher_files(crashers):
@@ -109,12 +147,9 @@ def crasher_files(crashers):
 def report(target, crashers):
     """Lines describing a target's crashers: what failed, and the input as base64."""
     lines = []
-    failed = crashers / "worker-failed.txt"
-    if failed.is_file():
-        lines.append(f"[{target}] the fuzzer did not run:\n{failed.read_text()}")
     for path in crasher_files(crashers):
         note = path.with_name(path.name + ".txt")
-        kind = note.read_text().splitlines()[0] if note.is_file() else path.name.split("-")[0] + " (libFuzzer)"
+        kind = note.read_text().splitlines()[0] if note.is_file() else "?"
         lines.append(f"[{target}] {path.name}: {kind}\n  base64: {base64.b64encode(path.read_bytes()).decode()}")
     return lines
 
@@ -125,41 +160,49 @@ def main():
         "--target", action="append", choices=targets.TARGETS, help="a target (repeatable); all by default"
     )
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--minutes", type=float, help="fuzzing time per target")
-    length.add_argument("--seconds", type=float, help="fuzzing time per target (default 10)")
-    parser.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once")
+    length.add_argument("--minutes", type=float, help="fuzzing time per target (with --together: in all)")
+    length.add_argument("--seconds", type=float, help="fuzzing time per target (with --together: in all; default 10)")
+    parser.add_argument("--together", action="store_true", help="all targets in one process (one start: for CI)")
+    parser.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once (each in its own process)")
     parser.add_argument("--seed", type=int, default=0, help="libFuzzer's random seed (0: a new one each run)")
     parser.add_argument("--crashers", type=Path, help="where crashers go, a folder per target (default: temporary)")
     parser.add_argument("--corpus", type=Path, help="where the inputs that reach new code go (default: temporary)")
     parser.add_argument("--save", action="store_true", help="add new crashers to tests/fuzz/regressions/<target>/")
-    parser.add_argument("--worker", choices=targets.TARGETS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     seconds = max(1, round(args.minutes * 60 if args.minutes else args.seconds or 10))
     if args.worker:
-        return worker(args.worker, seconds, args.crashers, args.corpus, args.seed)
+        return worker(args.worker.split(","), seconds, args.crashers, args.corpus, args.seed)
 
     work = Path(tempfile.mkdtemp(prefix="sgz-fuzz-"))
     crashers = args.crashers or work / "crashers"
     corpus = args.corpus or work / "corpus"
     chosen = args.target or list(targets.TARGETS)
-    from concurrent.futures import ThreadPoolExecutor
-
     start = time.monotonic()
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        runs = dict(zip(chosen, pool.map(lambda t: fuzz(t, seconds, crashers / t, corpus / t, args.seed)[0], chosen)))
+    if args.together:
+        executions = fuzz(chosen, seconds, crashers, corpus / "together", args.seed)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(name):
+            return fuzz([name], seconds, crashers / name, corpus / name, args.seed)[name]
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            executions = dict(zip(chosen, pool.map(one, chosen)))
     found = []
+    for failed in sorted(crashers.rglob("worker-failed.txt")):
+        found.append(f"the fuzzer did not run ({failed.parent.name}):\n{failed.read_text()}")
     for target in chosen:
-        lines = report(target, crashers / target)
-        found += lines
-        print(
-            f"{target:11} {runs[target]:9} executions in {seconds} s, {len(crasher_files(crashers / target))} crashers"
-        )
+        folder = crashers / target if args.together else crashers / target / target
+        found += report(target, folder)
+        print(f"{target:11} {executions.get(target, 0):9} executions, {len(crasher_files(folder))} crashers")
         if args.save:
             destination = targets.REGRESSIONS / target
             destination.mkdir(parents=True, exist_ok=True)
-            for path in crasher_files(crashers / target):
+            for path in crasher_files(folder):
                 shutil.copyfile(path, destination / path.name)
-    print(f"total: {sum(runs.values())} executions, {time.monotonic() - start:.0f} s wall; crashers in {crashers}")
+    spent = f"{seconds} s {'in all' if args.together else 'per target'}"
+    print(f"total: {sum(executions.values())} executions ({spent}), {time.monotonic() - start:.0f} s wall")
     print("\n".join(found))
     if not args.crashers and not found:
         shutil.rmtree(work, ignore_errors=True)
