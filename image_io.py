@@ -430,7 +430,9 @@ def jpeg_segments(metadata):
     if "icc_profile" in metadata:
         icc = metadata["icc_profile"]
         chunks = [icc[i : i + 65519] for i in range(0, len(icc), 65519)]
-        for number, chunk in enumerate(chunks, 1):
+        # A JPEG numbers the chunks in one byte: a profile over 255 chunks (16.7 MB, only a TIFF's tag can hold
+        # one) is left behind, as the segments too long for one are.
+        for number, chunk in enumerate(chunks if len(chunks) <= 255 else [], 1):
             out += segment(b"\xe2", b"ICC_PROFILE\x00" + bytes([number, len(chunks)]) + chunk)
     return out
 

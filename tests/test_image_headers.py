@@ -185,3 +185,11 @@ def test_a_tile_larger_than_the_pixel_limit_is_refused_before_decoding():
     assert image_io.decode_image(buffer.getvalue(), "t.tif", max_pixels=4096)[0].shape == (16, 24, 3)
     with pytest.raises(UserError, match="^t.tif: its header declares tiles of 4,096 pixels, above the limit of 4,095"):
         image_io.decode_image(buffer.getvalue(), "t.tif", max_pixels=4095)
+
+
+def test_a_profile_too_large_for_a_jpeg_is_left_behind_not_a_crash():
+    """An ICC profile is a count of 64 KB chunks in one byte: a TIFF's tag can hold a larger one."""
+    big = {"icc_profile": bytes(256 * 65519), "xmp": b"<x/>"}
+    segments = image_io.jpeg_segments(big)
+    assert b"ICC_PROFILE" not in segments and b"<x/>" in segments
+    assert image_io.jpeg_segments({"icc_profile": bytes(255 * 65519)}).count(b"ICC_PROFILE\x00") == 255
