@@ -9,7 +9,7 @@ import torch.utils.data as data
 from PIL import Image
 
 from image_io import DEFAULT_MAX_PIXELS, find_images, header_size, load_rgb
-from runtime import UserError
+from runtime import UserError, input_failure
 
 
 def header_is_readable(path, max_pixels=DEFAULT_MAX_PIXELS):
@@ -27,7 +27,8 @@ class LowLightDataset(data.Dataset):
 
     Files whose header cannot be read or declares too many pixels are dropped at construction
     (`self.skipped` lists them); a file that fails to decode later (truncated, corrupt) is replaced
-    by the next image with a warning, so one bad file never stops a long run.
+    by the next image with a warning (runtime.input_failure's line), so one bad file never stops a long run:
+    any Exception while one image is read, decoded or resized, MemoryError included, is that image's.
     """
 
     def __init__(self, root, size=512):
@@ -48,6 +49,6 @@ class LowLightDataset(data.Dataset):
             i = (index + attempt) % len(self.paths)
             try:
                 return self.load(i)
-            except (OSError, ValueError, SyntaxError, UserError) as e:
-                warnings.warn(f"skipping unreadable training image {self.paths[i]}: {e}", stacklevel=2)
+            except Exception as e:
+                warnings.warn(f"skipping training image {input_failure(self.paths[i], e)}", stacklevel=2)
         raise RuntimeError("no readable training image left")

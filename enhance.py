@@ -5,12 +5,14 @@ the ONNX export all enhance through `Enhancer`.
     enhancer = Enhancer("weight/sgz.pth", device="auto")    # precision="fp32" | "bf16" | "fp16"
     bright = enhancer.enhance_array(dark)                   # HxW, HxWx3 or HxWx4, uint8 or uint16 -> the same
     gentle = enhancer.enhance_array(dark, scale_factor=4, strength=0.5)
+    frames = enhancer.enhance_frames(batch)                 # (B, H, W, 3) uint8 tensor on the device -> the same
 
 How: the network only ever sees the 1/s copy of a photo, built from the few rows and columns that
 bilinear resizing reads (in the image's own integer type); its curve map is resized back and the 8-step
 curve applied a band of rows at a time, in place, straight into an output array of the input's type,
 so a 100-megapixel photo needs no full-resolution float copy. Results equal the straightforward fp32
-computation to 1/255 (rounding ties aside).
+computation to 1/255 (rounding ties aside). `enhance_frames` is the batched path for video frames, which fit
+in memory whole: one op per step over the batch (optionally compiled), the same result to 1/255.
 """
 
 import contextlib
@@ -24,6 +26,10 @@ import model
 from model import NUM_CURVE_STEPS
 from runtime import UserError
 
+NOT_FINITE = (
+    "the network's output is not finite (NaN or infinity): the weights or --precision "
+    "do not suit this image; try --precision fp32 or other weights"
+)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as OpenCV and Pillow turn RGB into grey
 # Elements of one band of rows: on a CPU the band's four float buffers (1 MB) stay in L2 cache, where
@@ -171,6 +177,34 @@ def apply_curve_cpu(rgb, curve_rows, out_rgb, full_scale, band_elements):
             out_rgb[rows] = band_y
 
 
+def shrink_frames(frames, size):
+    """(B, H, W, 3) uint8 -> the (B, 3, h, w) float copy in [0, 1] that the network sees (model.shrink)."""
+    return model.shrink(frames.permute(0, 3, 1, 2).float(), size).div_(255)
+
+
+def finish_frames(frames, curve_map):
+    """The curve map enlarged to the frames, the curve applied, rounded half up to uint8 (B, H, W, 3)."""
+    x = frames.permute(0, 3, 1, 2).float().div(255)
+    y = model.apply_curve(x, model.enlarge(curve_map, frames.shape[1:3]))
+    return (y * 255 + 0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+_compiled_frame_steps = {}
+
+
+def frame_steps(compiled):
+    """(shrink_frames, finish_frames), or both compiled by torch.compile once for the process (each frame
+    size and batch size compiles once): the full-resolution steps become a few fused kernels each."""
+    if not compiled:
+        return shrink_frames, finish_frames
+    with _kernel_lock:
+        if not _compiled_frame_steps:
+            _compiled_frame_steps["steps"] = tuple(
+                torch.compile(f, dynamic=False) for f in (shrink_frames, finish_frames)
+            )
+        return _compiled_frame_steps["steps"]
+
+
 NEGLIGIBLE_WEIGHT = 1e-20
 
 
@@ -201,20 +235,20 @@ class Enhancer:
     """The trained enhancement net applied to whole photos (numpy arrays), at any scale factor and strength.
     Loads the weights once; one instance serves every scale factor and thread."""
 
-    def __init__(self, weight_dir="weight/sgz.pth", scale_factor=12, device="auto", precision="fp32", conv_type=None):
+    def __init__(self, weights="weight/sgz.pth", scale_factor=12, device="auto", precision="fp32", conv_type=None):
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = model.get_device(device) if isinstance(device, str) else torch.device(device)
         if precision == "fp16" and self.device.type == "cpu":
             raise UserError("--precision fp16 needs a GPU; on a CPU use bf16")
         self.scale_factor, self.precision = scale_factor, precision
-        # The net runs at scale 1 on the 1/s copy this class makes itself (from a few rows, in the image's
-        # own dtype); channels-last is 1.5x faster on CPU and is the layout an HxWx3 array already has.
-        self.net = model.load_enhance_net(weight_dir, scale_factor=1, device=self.device, conv_type=conv_type)
+        # The net runs (curve_map_small) on the 1/s copy this class makes itself (from a few rows, in the
+        # image's own dtype); channels-last is 1.5x faster on CPU and is the layout an HxWx3 array already has.
+        self.net = model.load_enhance_net(weights, device=self.device, conv_type=conv_type)
         self.net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         if not all(torch.isfinite(p).all() for p in self.net.parameters()):
             raise UserError(
-                f"{weight_dir} holds NaN or infinite weights (a diverged training run?); "
+                f"{weights} holds NaN or infinite weights (a diverged training run?); "
                 "give other weights with --weight_dir"
             )
         zero_negligible_weights_(self.net)
@@ -235,12 +269,9 @@ class Enhancer:
         small = resize_axis(resize_axis(rgb, 0, h, align_corners=False), 1, w, align_corners=False).div_(full_scale)
         x = small.expand(h, w, 3).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            curve_map = self.net.curve_map_lowres(x).float()  # (1, 3, h, w)
+            curve_map = self.net.curve_map_small(x).float()  # (1, 3, h, w)
         if not torch.isfinite(curve_map).all():  # the network's only output, checked where it is small
-            raise UserError(
-                "the network's output is not finite (NaN or infinity): the weights or --precision "
-                "do not suit this image; try --precision fp32 or other weights"
-            )
+            raise UserError(NOT_FINITE)
         if strength != 1:
             curve_map = curve_map * strength
         if map_filter is not None:
@@ -283,6 +314,42 @@ class Enhancer:
         else:
             self.apply_curve_bands(pixels.to(self.device), curve_rows, out_rgb, full_scale)
         return out
+
+    @torch.inference_mode()
+    def enhance_frames(self, frames, scale_factor=None, strength=1.0, map_filter=None, compiled=False, check=True):
+        """The batched path, for video frames: frames (B, H, W, 3) uint8 RGB on this Enhancer's device ->
+        the enhanced frames, the same, as enhance_array computes them (within 1/255). Each step is one
+        whole-batch op (frames fit in memory whole, unlike photos, which enhance_array takes in bands);
+        compiled=True compiles the full-resolution steps with torch.compile (for GPUs). check=False leaves
+        out the check that the curve map is finite, which waits for the device (a CUDA graph cannot hold it).
+        scale_factor, strength and map_filter as for enhance_array."""
+        if not (frames.dim() == 4 and frames.shape[3] == 3 and frames.dtype == torch.uint8):
+            raise ValueError(f"expected uint8 frames (B, H, W, 3); got {frames.dtype} {tuple(frames.shape)}")
+        shrink, finish = frame_steps(compiled)
+        size = model.downscaled_size(frames.shape[1], frames.shape[2], scale_factor or self.scale_factor)
+        small = shrink(frames, size).contiguous(memory_format=torch.channels_last)
+        dtype = PRECISIONS[self.precision]
+        # no autocast cache: a CUDA graph must not capture cached casts of the weights
+        autocast = (
+            torch.autocast(self.device.type, dtype=dtype, cache_enabled=False) if dtype else contextlib.nullcontext()
+        )
+        with autocast:
+            curve_map = self.net.curve_map_small(small).float()
+        if check and not torch.isfinite(curve_map).all():
+            raise UserError(NOT_FINITE)
+        if strength != 1:
+            curve_map = curve_map * strength
+        if map_filter is not None:
+            curve_map = map_filter(curve_map)
+        return finish(frames, curve_map.clamp(-1, 1))
+
+    def enhance_frame(self, rgb, map_filter=None):
+        """One video frame, a numpy (H, W, 3) array: through enhance_frames on a GPU (whole-frame ops, no
+        bands), through enhance_array on a CPU (its kernel is faster there) and for 16-bit frames."""
+        if self.device.type == "cpu" or rgb.dtype != np.uint8:
+            return self.enhance_array(rgb, map_filter=map_filter)
+        frames = torch.from_numpy(np.ascontiguousarray(rgb))[None].to(self.device)
+        return self.enhance_frames(frames, map_filter=map_filter)[0].cpu().numpy()
 
     def apply_curve_bands(self, rgb, curve_rows, out_rgb, full_scale):
         """The curve on a GPU (or MPS), a band of rows at a time with PyTorch ops, into the numpy out_rgb."""

@@ -15,6 +15,11 @@ path without extension, so DICM/01.jpg meets DICM/01.png. For each image and fol
   input), divided by 255.
 Out: OUT_DIR/per_image.csv, summary.md and summary.json (means per folder and over all images), the
 summary on stdout, and with --grid one comparison picture per image plus a brightness histogram plot.
+
+Each image (all its methods' files together) is scored on its own: any failure (an unreadable file, sizes
+that disagree, out of memory) is one line naming it (runtime.input_failure; SGZ_DEBUG=1 adds the
+traceback), that image is left out of the tables, the others are scored, and the run exits 1. A metric an
+image is too small for (SSIM's 11x11 window, NIQE's two 96x96 blocks) is NaN with a note, left out of the means.
 """
 
 import csv
@@ -35,7 +40,7 @@ import niqe
 from image_io import IMAGE_EXTENSIONS, find_images, read_image, write_image
 from model import get_device
 from option import get_evaluate_parser
-from runtime import UserError, atomic_output, run_script
+from runtime import EXIT_SOME_INPUTS_FAILED, UserError, atomic_output, contained, run_script
 
 INPUT, GT = "input", "ground truth"
 METRICS = {  # name: (column title, better when higher?, definition written to summary.json)
@@ -139,9 +144,15 @@ def common_size(images, paths, crop):
 # ---------------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------------
+SSIM_WINDOW = 11  # SSIM's Gaussian window (sigma 1.5, truncated at 3.5 sigma) spans 11 pixels: a smaller side has none
+
+
 def psnr_ssim(pred, gt):
+    """PSNR and SSIM; SSIM is NaN for an image with a side under SSIM_WINDOW."""
     with np.errstate(divide="ignore"):  # identical images: PSNR is inf
         psnr = peak_signal_noise_ratio(gt, pred, data_range=1.0)
+    if min(gt.shape[:2]) < SSIM_WINDOW:
+        return float(psnr), float("nan")
     ssim = structural_similarity(
         gt, pred, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
     )
@@ -331,8 +342,9 @@ def check_out_dir(out_dir, folders):
             )
 
 
-def evaluate(args):
-    """Score every matched image, write the tables (and pictures) to --out_dir; returns the summary."""
+def evaluate(args, failed=None):
+    """Score every matched image, write the tables (and pictures) to --out_dir; returns the summary. The
+    line of each image that could not be scored is appended to `failed`."""
     folders = source_folders(args)
     out_dir = Path(args.out_dir)
     check_out_dir(out_dir, folders)
@@ -349,34 +361,19 @@ def evaluate(args):
     ]
 
     rows, histograms = [], defaultdict(lambda: np.zeros(256))
+    failed = [] if failed is None else failed
+
+    def report(line):
+        failed.append(line)
+        tqdm.write(f"error: {line}", file=sys.stderr)
+
     for key in tqdm(keys, desc="evaluating", unit="image"):
         paths = {label: indexes[label][key] for label in folders}
-        images = common_size({label: read_rgb(path) for label, path in paths.items()}, paths, args.crop)
-        folder = Path(key).parent.as_posix()
-        scored = []
-        for label, rgb in images.items():
-            row, gray = score(rgb, images[GT] if args.gt_dir and label != GT else None, compute_niqe, lpips_distance)
-            if np.isnan(row.get("niqe", 0.0)):
-                print(
-                    f"note: NIQE is undefined for {paths[label]} (it needs two whole 96x96 blocks); "
-                    "left out of the means",
-                    file=sys.stderr,
-                )
-            rows.append(
-                {
-                    "method": label,
-                    "folder": folder,
-                    "image": key,
-                    "file": str(paths[label]),
-                    "width": rgb.shape[1],
-                    "height": rgb.shape[0],
-                    **row,
-                }
-            )
-            histograms[(label, folder)] += np.bincount(gray.astype(np.uint8).ravel(), minlength=256) / gray.size
-            scored.append((caption(label, row), rgb))
-        if args.grid:
-            write_image(out_dir / "grid" / f"{key}.jpg", comparison_grid(scored, args.grid_height), jpeg_quality=90)
+        with contained(key, report):  # one image's rows, bins and grid, all or nothing
+            image_rows, image_histograms = score_image(args, key, paths, out_dir, compute_niqe, lpips_distance)
+            rows += image_rows
+            for where, bins in image_histograms.items():
+                histograms[where] += bins
 
     summary = summarize(rows, metrics)
     table = markdown_table(summary, metrics)
@@ -394,11 +391,52 @@ def evaluate(args):
     print(table, end="")
     pictures = ", grid/, brightness_histogram.png" if args.grid else ""
     print(f"wrote {out_dir / 'per_image.csv'}, summary.md, summary.json{pictures}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} of {len(keys)} images could not be scored (named above)", file=sys.stderr)
     return summary
 
 
+def score_image(args, key, paths, out_dir, compute_niqe, lpips_distance):
+    """The rows ({method, folder, image, file, size, metrics}) and brightness bins ({(method, folder): bins})
+    of one image across the folders, and its comparison picture with --grid."""
+    images = common_size({label: read_rgb(path) for label, path in paths.items()}, paths, args.crop)
+    folder = Path(key).parent.as_posix()
+    rows, histograms, scored = [], {}, []
+    for label, rgb in images.items():
+        row, gray = score(rgb, images[GT] if args.gt_dir and label != GT else None, compute_niqe, lpips_distance)
+        if np.isnan(row.get("niqe", 0.0)):
+            print(
+                f"note: NIQE is undefined for {paths[label]} (it needs two whole 96x96 blocks); left out of the means",
+                file=sys.stderr,
+            )
+        if np.isnan(row.get("ssim", 0.0)):
+            print(
+                f"note: SSIM is undefined for {paths[label]} (a side under its {SSIM_WINDOW}x{SSIM_WINDOW} "
+                "window); left out of the means",
+                file=sys.stderr,
+            )
+        rows.append(
+            {
+                "method": label,
+                "folder": folder,
+                "image": key,
+                "file": str(paths[label]),
+                "width": rgb.shape[1],
+                "height": rgb.shape[0],
+                **row,
+            }
+        )
+        histograms[(label, folder)] = np.bincount(gray.astype(np.uint8).ravel(), minlength=256) / gray.size
+        scored.append((caption(label, row), rgb))
+    if args.grid:
+        write_image(out_dir / "grid" / f"{key}.jpg", comparison_grid(scored, args.grid_height), jpeg_quality=90)
+    return rows, histograms
+
+
 def main(args):
-    evaluate(args)
+    failed = []
+    evaluate(args, failed)
+    return EXIT_SOME_INPUTS_FAILED if failed else 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import onnx
 import onnxruntime
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import model
 import runtime
@@ -44,26 +43,22 @@ def downscaled_side(n, scale_factor):
 class WholeEnhancement(nn.Module):
     """net's forward (a model.EnhanceNet at its scale factor) as one traceable function of the image: the
     enhanced image only, the resizes to sizes computed from the input's shape (or from fixed_size, giving a
-    graph of constant shapes), and the network in network_dtype (the resizes and the curve stay float32)."""
+    graph of constant shapes), and the network in network_dtype (the resizes and the curve stay float32).
+    It is model.EnhanceNet.forward with the sizes computed in traceable integer ops: the same model.shrink,
+    curve_map_small, model.enlarge and model.apply_curve."""
 
     def __init__(self, net, fixed_size=None, network_dtype=torch.float32):
         super().__init__()
         self.scale_factor, self.fixed_size, self.network_dtype = net.scale_factor, fixed_size, network_dtype
-        # A copy that never resizes by itself: the 1/s copy is made here, where its size can be traced.
-        self.net = copy.deepcopy(net).to(network_dtype)
-        self.net.scale_factor = 1
+        self.net = copy.deepcopy(net).to(network_dtype)  # a copy: the caller's net keeps its dtype
 
     def forward(self, image):
         h, w = self.fixed_size or image.shape[-2:]
         s = self.scale_factor
-        x = image
-        if s != 1:
-            x = F.interpolate(
-                image, size=(downscaled_side(h, s), downscaled_side(w, s)), mode="bilinear", align_corners=False
-            )
-        curve_map = self.net.curve_map_lowres(x.to(self.network_dtype)).float()
+        x = image if s == 1 else model.shrink(image, (downscaled_side(h, s), downscaled_side(w, s)))
+        curve_map = self.net.curve_map_small(x.to(self.network_dtype)).float()
         if s != 1:  # as model.EnhanceNet.upsample_curve_map, which compares sizes in Python and cannot be traced
-            curve_map = F.interpolate(curve_map, size=(h, w), mode="bilinear", align_corners=True)
+            curve_map = model.enlarge(curve_map, (h, w))
         return model.apply_curve(image, curve_map)
 
 

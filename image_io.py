@@ -7,7 +7,20 @@ training Dataset and train.py's checkpoints.
 Libraries: OpenCV encodes and decodes the classic formats (the fast path), simplejpeg decodes JPEG
 (libjpeg-turbo, as fast as OpenCV, but it raises on libjpeg's "Corrupt JPEG data" warnings where OpenCV
 only prints them), Pillow reads the headers and metadata, decodes what OpenCV declines and writes
-WebP/TIFF/AVIF with metadata, and pillow-heif adds HEIC/HEIF to Pillow."""
+WebP/TIFF/AVIF with metadata, and pillow-heif adds HEIC/HEIF to Pillow.
+
+Nothing is dropped silently:
+- Multi-frame images (GIF, APNG, animated WebP, multi-page TIFF): read_image(all_frames=True) returns every
+  frame (info["animation"]: the other frames, every frame's duration in ms, the loop count) and write_image
+  writes them back with their durations and loop count (Pillow: save_all). Such frames are decoded by Pillow
+  as 8-bit RGB, RGBA or grey (16-bit pages are rounded to 8 bits). Without all_frames (the demo, thumbnails,
+  evaluation, training) the first frame is read. HEIF/AVIF image
+  sequences are read as their primary image. Pillow's GIF and APNG writers merge consecutive identical
+  frames into one longer frame (the animation looks the same, the count differs).
+- CMYK images (print JPEGs) are converted to sRGB through their ICC profile (ImageCms), without one by
+  Pillow's formula; an ICC profile is carried only onto pixels of its colour space (an RGB profile onto
+  RGB, a grey one onto grey): any other (CMYK, Lab, grey on RGB) is dropped, and info["notes"] says so in
+  a line the scripts print."""
 
 import collections
 import contextlib
@@ -22,12 +35,12 @@ import cv2
 import numpy as np
 import pillow_heif
 import simplejpeg
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError, features
+from PIL import ExifTags, Image, ImageCms, ImageOps, ImageSequence, UnidentifiedImageError, features
 
 from runtime import UserError, atomic_output
 
 pillow_heif.register_heif_opener()  # HEIC/HEIF for Image.open and Image.save (AVIF is Pillow's own)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif", ".avif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".heic", ".heif", ".avif")
 
 
 def walk_files(root, loops=None):
@@ -95,8 +108,22 @@ ORIENTATION_TRANSFORMS = {
 FORMATS_WITH_16_BITS = (".png", ".tif", ".tiff")
 FORMATS_WITHOUT_ALPHA = (".jpg", ".jpeg")
 EXIF_HEADER = b"Exif\x00\x00"
+# Formats whose files may hold several frames that are all the picture (APNG, animated WebP, GIF, multi-page
+# TIFF); an MPO's second image is a preview or a depth map, a HEIF's are other pictures: their first is read.
+MULTI_FRAME_FORMATS = ("GIF", "PNG", "WEBP", "TIFF")
+# Output extensions whose formats hold several frames, and Pillow's names for them.
+MULTI_FRAME_WRITERS = {".gif": "GIF", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+ICC_COLOUR_SPACE = slice(16, 20)  # the data colour space signature in an ICC profile's 128-byte header
 # Pillow's format names for the extensions it writes (OpenCV writes the others, and these without metadata).
-PILLOW_FORMATS = {".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".heic": "HEIF", ".heif": "HEIF", ".avif": "AVIF"}
+PILLOW_FORMATS = {
+    ".gif": "GIF",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".heic": "HEIF",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+}
 FALLBACK_EXTENSION = ".jpg"  # for a format this installation cannot write (HEIC without an HEVC encoder, ...)
 
 
@@ -260,42 +287,65 @@ def decode_jpeg(data, name, strict):
     return image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
 
 
-def decode_with_pil(data, name="image"):
+def decode_with_pil(data, notes):
     """Pillow's decoder, for what OpenCV declines: its error messages are clear and it reads more variants.
-    Returns an RGB(A)/grey array, uint8 or, for 16-bit grey, uint16, turned upright by its EXIF orientation.
-    Grey with alpha comes back as RGBA (the enhancer's alpha layout), 16-bit grey with a transparent
-    value as 16-bit RGBA."""
+    Returns pil_array of its (first) frame."""
     with Image.open(io.BytesIO(data)) as im:
-        im = ImageOps.exif_transpose(im)  # Pillow's TIFF reader may already have applied it: let Pillow decide
-        if im.mode.startswith("I"):  # 16-bit grey ("I;16*", or "I" from older Pillow)
-            grey = np.asarray(im).clip(0, 65535).astype(np.uint16)
-            transparent = im.info.get("transparency")
-            if not isinstance(transparent, int):
-                return grey
-            alpha = np.where(grey == transparent, 0, 65535).astype(np.uint16)
-            return np.dstack([grey, grey, grey, alpha])
-        if im.mode == "F":
-            raise UserError(f"{name}: floating-point {im.format} images are not supported")
-        has_alpha = "A" in im.mode or "transparency" in im.info
-        mode = "RGBA" if has_alpha else "L" if im.mode in ("1", "L") else "RGB"
-        return np.array(im.convert(mode))  # a writable array, as OpenCV's (asarray's would be read-only)
+        return pil_array(im, notes)
 
 
-def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
+def cmyk_to_rgb(im, notes):
+    """A CMYK image in sRGB: through its ICC profile where it has a usable one (ImageCms), else by Pillow's
+    formula (with a note in `notes`)."""
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
+            notes.append(f"its CMYK ICC profile could not be used ({e}); converted to RGB without it")
+    return im.convert("RGB")
+
+
+def pil_array(im, notes):
+    """An opened PIL image (or frame) as an RGB(A)/grey array, uint8 or, for 16-bit grey, uint16, turned
+    upright by its EXIF orientation. Grey with alpha comes back as RGBA (the enhancer's alpha layout),
+    16-bit grey with a transparent value as 16-bit RGBA, CMYK as sRGB (cmyk_to_rgb)."""
+    im = ImageOps.exif_transpose(im)  # Pillow's TIFF reader may already have applied it: let Pillow decide
+    if im.mode.startswith("I"):  # 16-bit grey ("I;16*", or "I" from older Pillow)
+        grey = np.asarray(im).clip(0, 65535).astype(np.uint16)
+        transparent = im.info.get("transparency")
+        if not isinstance(transparent, int):
+            return grey
+        alpha = np.where(grey == transparent, 0, 65535).astype(np.uint16)
+        return np.dstack([grey, grey, grey, alpha])
+    if im.mode == "F":
+        raise UserError(f"floating-point {im.format} images are not supported")
+    if im.mode == "CMYK":
+        return np.array(cmyk_to_rgb(im, notes))
+    has_alpha = "A" in im.mode or "transparency" in im.info
+    mode = "RGBA" if has_alpha else "L" if im.mode in ("1", "L") else "RGB"
+    return np.array(im.convert(mode))  # a writable array, as OpenCV's (asarray's would be read-only)
+
+
+def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_frames=False):
     """An image file as a numpy array: HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA), uint8 or uint16, turned
     upright by its EXIF orientation. The format comes from the content, not the extension. Returns
-    (array, info) with info = {"format": "PNG", "orientation": 1, "metadata": {...}} (see carried_metadata;
-    write_image takes it back).
+    (array, info) with info = {"format": "PNG", "orientation": 1, "metadata": {...}, "frames": 1 (read), "notes": []}
+    (metadata: see carried_metadata; write_image takes it back; notes: one-line remarks for the user, as a
+    profile not carried). For a multi-frame image the array is its first frame; with all_frames,
+    info["animation"] = {"frames": the other frames' arrays, "durations": every frame's in ms (None where
+    the format has none), "loop": the loop count (None: play once)}, which write_image takes back.
 
     Raises UserError (one line naming the file) for a file that is not an image, is truncated or
     corrupt (libjpeg's warnings count, unless strict=False), or has more than `max_pixels` pixels
-    (checked from the header, before any decoding)."""
+    (checked from the header, before any decoding; all frames together with all_frames)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    return decode_image(data, path, max_pixels, strict)
+    return decode_image(data, path, max_pixels, strict, all_frames)
 
 
 ImageHeader = collections.namedtuple("ImageHeader", "format width height decoded_bytes")
@@ -349,14 +399,68 @@ def image_header(data, name="image"):
     return ImageHeader(image_format, width, height, (width * height + tile_pixels) * 4 * max(1, -(-bits // 8)))
 
 
-def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
+def frame_count(im):
+    """The frames of an opened image that are all the picture (see MULTI_FRAME_FORMATS); 1 for a still,
+    known without decoding (is_animated reads at most the second frame's header)."""
+    if im.format not in MULTI_FRAME_FORMATS or not getattr(im, "is_animated", False):
+        return 1
+    return im.n_frames
+
+
+def profile_matches(icc, image):
+    """Whether an ICC profile describes pixels like `image`'s: an RGB profile RGB(A) pixels, a grey one grey."""
+    space = icc[ICC_COLOUR_SPACE] if len(icc) >= 128 else b""
+    return space == (b"GRAY" if image.ndim == 2 else b"RGB ")
+
+
+def drop_foreign_profile(metadata, image, was_cmyk, notes):
+    """The metadata without an ICC profile that does not describe the decoded pixels (a CMYK profile on
+    pixels now sRGB, a Lab or grey profile on RGB), with a note saying so (none for CMYK converted through
+    it: the output is plain sRGB)."""
+    icc = metadata.get("icc_profile")
+    if not icc or profile_matches(icc, image):
+        return metadata
+    if not was_cmyk:
+        space = icc[ICC_COLOUR_SPACE].decode("latin-1").strip() if len(icc) >= 128 else "unknown"
+        kind = "grey" if image.ndim == 2 else "RGB"
+        notes.append(f"its ICC profile is for {space or 'unknown'} colours, not {kind}: not carried to the output")
+    return {key: value for key, value in metadata.items() if key != "icc_profile"}
+
+
+def uniform_frames(frames):
+    """Frames decoded one by one (a GIF's first is a palette image, the others RGB(A); TIFF pages each have
+    their own mode) made one layout: 8 bits, grey only if all are, alpha for all if any has it."""
+    frames = [((f.astype(np.float32) + 128.5) / 257).astype(np.uint8) if f.dtype == np.uint16 else f for f in frames]
+    if all(f.ndim == 2 for f in frames):
+        return frames
+    frames = [np.dstack([f, f, f]) if f.ndim == 2 else f for f in frames]
+    if any(f.shape[2] == 4 for f in frames):
+        frames = [f if f.shape[2] == 4 else np.dstack([f, np.full(f.shape[:2], 255, np.uint8)]) for f in frames]
+    return frames
+
+
+def decode_frames(data, notes):
+    """Every frame of a multi-frame image (Pillow): (frames, durations in ms or None each, loop count or None)."""
+    frames, durations = [], []
+    with Image.open(io.BytesIO(data)) as im:
+        loop = im.info.get("loop")
+        for frame in ImageSequence.Iterator(im):
+            frame.load()  # WebP's reader sets a frame's duration when it decodes it
+            durations.append(frame.info.get("duration"))
+            frames.append(pil_array(frame, notes))
+    return uniform_frames(frames), durations, loop
+
+
+def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_frames=False):
     """read_image for the bytes of an image file already in memory (the web demo's uploads); `name` is
     what the error messages call it."""
     with decoder_errors(name, "not a readable image"), Image.open(io.BytesIO(data)) as im:  # header only
         image_format, (w, h), orientation = im.format, im.size, exif_orientation(im)
         mode, info, metadata = im.mode, dict(im.info), carried_metadata(im, orientation)
         tags = dict(getattr(im, "tag_v2", {}))
+        frames = frame_count(im) if all_frames else 1  # the header of the next frame at most, if asked
     w, h = header_int(w, "the width", name), header_int(h, "the height", name)
+    frames = header_int(frames, "the frame count", name)
     if w * h > max_pixels:
         raise UserError(
             f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
@@ -368,6 +472,25 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
             f"{name}: its header declares tiles of {tile_pixels:,} pixels, above the limit of "
             f"{max_pixels:,.0f} (corrupt or forged)"
         )
+    if all_frames and w * h * frames > max_pixels:
+        raise UserError(
+            f"{name}: {frames} frames of {w}x{h} are {w * h * frames / 1e6:.0f} megapixels, above the limit of "
+            f"{max_pixels / 1e6:.0f}; raise --max_mpix if the image is genuine"
+        )
+    notes = []
+    if all_frames and frames > 1:
+        with decoder_errors(name, f"corrupt or truncated {image_format} file"):
+            images, durations, loop = decode_frames(data, notes)
+        metadata = drop_foreign_profile(metadata, images[0], mode == "CMYK", notes)
+        animation = {"frames": images[1:], "durations": durations, "loop": loop}
+        return images[0], {
+            "format": image_format,
+            "orientation": orientation,
+            "metadata": metadata,
+            "frames": frames,
+            "notes": notes,
+            "animation": animation,
+        }
     image = None
     if image_format in ("JPEG", "MPO"):
         if strict:
@@ -389,22 +512,69 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True):
                 image = np.ascontiguousarray(ORIENTATION_TRANSFORMS[orientation](image))
     if image is None:
         with decoder_errors(name, f"corrupt or truncated {image_format} file"):
-            image = decode_with_pil(data, name)
+            image = decode_with_pil(data, notes)
     if image.dtype not in (np.uint8, np.uint16):
         raise UserError(f"{name}: {image.dtype} samples are not supported (8- and 16-bit images are)")
-    return image, {"format": image_format, "orientation": orientation, "metadata": metadata}
+    metadata = drop_foreign_profile(metadata, image, mode == "CMYK", notes)
+    return image, {
+        "format": image_format,
+        "orientation": orientation,
+        "metadata": metadata,
+        "frames": frames,
+        "notes": notes,
+    }
 
 
-def write_image(path, image, jpeg_quality=95, metadata=None):
+def write_image(path, image, jpeg_quality=95, metadata=None, animation=None):
     """Write an array as read_image returns it, atomically, in the format the extension names, with
-    `metadata` (read_image's info["metadata"]) where the format holds it."""
+    `metadata` (read_image's info["metadata"]) where the format holds it; with `animation` (read_image's
+    info["animation"], its frames replaced) every frame, their durations and loop count (encode_frames)."""
     path = Path(path)
-    encoded = encode_image(image, path.suffix.lower(), jpeg_quality, metadata)
+    if animation and animation["frames"]:
+        encoded = encode_frames(path, [image, *animation["frames"]], animation, jpeg_quality, metadata or {})
+    else:
+        encoded = encode_image(image, path.suffix.lower(), jpeg_quality, metadata)
     try:
         with atomic_output(path) as tmp:
             Path(tmp).write_bytes(encoded)  # numpy's tofile would report a full disk as "N requested and M written"
     except OSError as e:  # no space, no permission, a name too long: the user's to fix, named here
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def encode_frames(path, frames, animation, quality, metadata):
+    """Several frames -> one GIF, APNG, animated WebP (lossless) or multi-page TIFF (Pillow's save_all),
+    each frame with its duration, and the loop count. Another format holds one frame: UserError."""
+    ext = path.suffix.lower()
+    if ext not in MULTI_FRAME_WRITERS:
+        raise UserError(
+            f"{path}: {len(frames)} frames, and {ext} holds one; choose --output_format gif, png, webp or tif"
+        )
+    pil_format = MULTI_FRAME_WRITERS[ext]
+    options = pillow_metadata(pil_format, metadata)
+    durations, loop = animation.get("durations"), animation.get("loop")
+    if durations and all(d is not None for d in durations):
+        options["duration"] = [round(d) for d in durations]
+    if loop is not None:
+        options["loop"] = loop
+    if pil_format == "WEBP":
+        options["lossless"] = True
+    if pil_format == "GIF" and frames[0].ndim == 3 and frames[0].shape[2] == 4:
+        options["disposal"] = 2  # transparent frames replace, not overlay, the one before
+    first, *rest = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    buffer = io.BytesIO()
+    first.save(buffer, pil_format, save_all=True, append_images=rest, **options)
+    return np.frombuffer(buffer.getvalue(), np.uint8)
+
+
+def pillow_metadata(pil_format, metadata):
+    """The save() options that carry `metadata` in a Pillow format: TIFF holds the ICC profile of the three
+    (its own tags describe its pixels), GIF none."""
+    if pil_format == "GIF":
+        return {}
+    options = {key: value for key, value in metadata.items() if pil_format != "TIFF" or key == "icc_profile"}
+    if "exif" in options:
+        options["exif"] = EXIF_HEADER + options["exif"]
+    return options
 
 
 def encoder_params(ext, jpeg_quality):
@@ -467,15 +637,13 @@ def with_metadata(encoded, ext, metadata):
 
 
 def encode_with_pil(image, ext, quality, metadata):
-    """Pillow's (or pillow-heif's) encoder: HEIC and AVIF always, WebP and TIFF when there is metadata to
+    """Pillow's (or pillow-heif's) encoder: GIF, HEIC and AVIF always, WebP and TIFF when there is metadata to
     carry. WebP is lossless, as OpenCV writes it; TIFF holds only the ICC profile of the three."""
     pil_format = PILLOW_FORMATS[ext]
-    options = {key: value for key, value in metadata.items() if pil_format != "TIFF" or key == "icc_profile"}
-    if "exif" in options:
-        options["exif"] = EXIF_HEADER + options["exif"]
+    options = pillow_metadata(pil_format, metadata)
     if pil_format == "WEBP":
         options["lossless"] = True
-    else:
+    elif pil_format != "GIF":
         options["quality"] = quality
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, pil_format, **options)
@@ -493,7 +661,7 @@ def encode_image(image, ext, jpeg_quality=95, metadata=None):
     if image.ndim == 3 and image.shape[2] == 4 and ext in FORMATS_WITHOUT_ALPHA:
         image = image[..., :3]
     pillow_can_hold = image.dtype == np.uint8 or image.ndim == 2  # Pillow has no 16-bit RGB(A) mode
-    if ext in (".heic", ".heif", ".avif") or (metadata and ext in PILLOW_FORMATS and pillow_can_hold):
+    if ext in (".gif", ".heic", ".heif", ".avif") or (metadata and ext in PILLOW_FORMATS and pillow_can_hold):
         return encode_with_pil(np.ascontiguousarray(image), ext, jpeg_quality, metadata)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)

@@ -1,6 +1,7 @@
 """SGZ's zero-reference losses and the module that combines them with the paper's weights.
 
-Each loss matches the official `Myloss.py` / `modeling/fpn.py` numerically (tests/test_parity.py),
+Each loss matches the official `Myloss.py` / `modeling/fpn.py` numerically (tests/test_loss.py pins
+them to the official code's values in ../shared/reference/parity.json),
 with one deliberate fix: the colour loss has an eps under its square root, so its gradient is
 finite on a perfectly grey image (the official one is NaN there).
 """

@@ -65,9 +65,28 @@ class PlainConv(nn.Module):
 CONV_TYPES = {"dsc": DepthwiseSeparableConv, "tc": PlainConv}
 
 
+# The scale factor s has one owner: these two functions define the 1/s copy that the network sees, and
+# `EnhanceNet.curve_map_small` is the network on it (no resizing of its own). EnhanceNet.forward,
+# enhance.Enhancer (whose separable integer resize is pinned to `shrink` by tests/test_enhance.py) and
+# export.WholeEnhancement (whose traced sizes are pinned to `downscaled_size` by tests/test_export.py) all
+# compute the network through them; s itself is a setting of each (EnhanceNet(scale_factor), the Enhancer's
+# per-call scale_factor, the exported graph's), never a copy of a net whose scale factor was changed.
 def downscaled_size(h, w, scale_factor):
     """Size of the 1/s copy the curve map is computed on: exact where s divides the side, never 0."""
     return max(1, round(h / scale_factor)), max(1, round(w / scale_factor))
+
+
+def shrink(x, size):
+    """The 1/s copy of x (B, C, H, W) at `size` (downscaled_size): bilinear, align_corners False. Official:
+    F.interpolate(x, scale_factor=1/s, mode='bilinear'); the same sampling where s divides H and W, and
+    defined for every other size too."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def enlarge(curve_map, size):
+    """A curve map computed on the 1/s copy, resized to `size` (H, W); official: UpsamplingBilinear2d
+    (align_corners True)."""
+    return F.interpolate(curve_map, size=size, mode="bilinear", align_corners=True)
 
 
 def apply_curve(x, curve_map, steps=NUM_CURVE_STEPS):
@@ -101,11 +120,12 @@ class EnhanceNet(nn.Module):
 
     def curve_map_lowres(self, x):
         """The curve map at the network's working resolution, i.e. on the 1/s copy of x."""
-        h, w = x.shape[-2:]
         if self.scale_factor != 1:
-            # Official: F.interpolate(x, scale_factor=1/s, mode='bilinear'); the same sampling
-            # where s divides H and W, and defined for every other size too.
-            x = F.interpolate(x, size=downscaled_size(h, w, self.scale_factor), mode="bilinear", align_corners=False)
+            x = shrink(x, downscaled_size(*x.shape[-2:], self.scale_factor))
+        return self.curve_map_small(x)
+
+    def curve_map_small(self, x):
+        """The network proper: the curve map of x as it is (x is the 1/s copy already; nothing is resized)."""
         x1 = F.relu(self.e_conv1(x))
         x2 = F.relu(self.e_conv2(x1))
         x3 = F.relu(self.e_conv3(x2))
@@ -119,7 +139,7 @@ class EnhanceNet(nn.Module):
         """Resize a low-res curve map to `size` (H, W); official: UpsamplingBilinear2d (align_corners=True)."""
         if tuple(curve_map.shape[-2:]) == tuple(size):
             return curve_map
-        return F.interpolate(curve_map, size=size, mode="bilinear", align_corners=True)
+        return enlarge(curve_map, size)
 
     def curve_map(self, x):
         """The 3-channel curve map r at the full resolution of x."""
@@ -159,17 +179,17 @@ def infer_conv_type(state_dict):
     return "tc" if any(".conv.weight" in k for k in state_dict) else "dsc"
 
 
-def load_enhance_net(path, scale_factor=1, device="cpu", conv_type=None):
-    """Build an EnhanceNet from a weights file (official or ours); conv_type is read from the keys
-    unless given. Raises UserError with a one-line message naming the file."""
-    state_dict = _state_dict_from_file(path)
+def load_enhance_net(weights, scale_factor=1, device="cpu", conv_type=None):
+    """Build an EnhanceNet from a weights file (official or ours, or our last.pth); conv_type is read from
+    the keys unless given. Raises UserError with a one-line message naming the file."""
+    state_dict = _state_dict_from_file(weights)
     conv_type = conv_type or infer_conv_type(state_dict)
     net = EnhanceNet(scale_factor=scale_factor, conv_type=conv_type)
     try:
         net.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:300]
-        raise UserError(f"{path} does not fit the SGZ enhancement net (conv_type={conv_type}): {detail}") from None
+        raise UserError(f"{weights} does not fit the SGZ enhancement net (conv_type={conv_type}): {detail}") from None
     return net.to(device)
 
 

@@ -151,8 +151,8 @@ def get_train_parser():
     g.add_argument(
         "--snapshots_folder",
         default="",
-        help="the run's folder: EpochN.pth, last.pth, loss_log.csv, loss_plot.png (default: runs/DATE-TIME, "
-        "or the folder of the --resume file)",
+        help="the run's folder: EpochN.pth, last.pth, args.json, train.log, loss_log.csv, loss_plot.png "
+        "(default: runs/DATE-TIME, or the folder of the --resume file)",
     )
     add_bool(
         g,
@@ -222,7 +222,7 @@ def get_test_parser():
     g.add_argument(
         "--output_format",
         default="same",
-        choices=["same", "jpg", "png", "bmp", "tif", "webp", "heic", "avif"],
+        choices=["same", "jpg", "png", "bmp", "tif", "webp", "gif", "heic", "avif"],
         help="same: each output in its input's format (a format this installation cannot write, "
         "as HEIC without an HEVC encoder, becomes jpg); else this one, the extension changed",
     )
@@ -330,6 +330,12 @@ def get_demo_parser():
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens the page to your network")
     p.add_argument("--port", type=int, default=7860, help="port to listen on; 0 picks a free one")
+    p.add_argument(
+        "--allowed_hosts",
+        default="",
+        help="comma-separated host names the server answers to when not bound to loopback (`*`: any), besides "
+        "localhost and IP addresses; other Host headers are refused (against DNS rebinding)",
+    )
     p.add_argument(
         "--samples_dir",
         default="data/test_data",

@@ -3,9 +3,20 @@
 - `UserError`, the one error type for what the user must fix, and the exit codes;
 - `run_script`, where every script starts (parse, configure the process, turn a UserError into one line),
   and `exit_now`, where test.py and the video script end;
+- containment: `input_failure`, the one line for an input (a file, a frame, a request, a training image)
+  that failed, and `contained`, the block around one input's work; every script reports failures so;
 - process settings, each in one place: Pillow's pixel limit, CPU counts, thread limits, the socket timeout,
   SIGTERM;
 - files: temporary names, clearing what killed runs left, and `atomic_output`, the one way a file is written.
+
+Containment. Any exception raised while one input is read, decoded, enhanced or encoded (an `Exception`:
+MemoryError, cv2.error, ValueError, OSError, a UserError, anything) is that input's failure: it is reported
+as one line, the file and the reason (a UserError's message, else the exception's type and message), and
+the other inputs go on; a run with failures exits EXIT_SOME_INPUTS_FAILED. KeyboardInterrupt and
+SystemExit are not `Exception`s and are never contained. The debug switch: the environment variable
+SGZ_DEBUG=1 prints each contained failure's traceback (to stderr) before its line, e.g.
+`SGZ_DEBUG=1 python test.py --input_dir photos`. An environment variable rather than a flag, so that
+every entry point (test.py, the video script, the demo, evaluate.py, training's Dataset workers) has it.
 
 It imports only the standard library at the top (torch, OpenCV and Pillow are imported where a function
 needs them), so every module can stand on it and nothing here imports a module of the project.
@@ -17,6 +28,8 @@ import secrets
 import signal
 import socket
 import sys
+import threading
+import traceback
 from pathlib import Path
 
 EXIT_SOME_INPUTS_FAILED = 1  # the run went through, but some of its inputs could not be processed
@@ -68,12 +81,92 @@ def exit_now(status):
 
 def interrupt_on_sigterm():
     """SIGTERM (kill, a scheduler's time limit) ends a script as Ctrl-C does, so that atomic_output removes
-    its temporary file (SIGKILL cannot be caught: remove_stale_temporaries clears up after it)."""
+    its temporary file (SIGKILL cannot be caught: remove_stale_temporaries clears up after it). Both also
+    release the threads waiting at a pause_point."""
 
     def handler(signum, frame):
+        release_pause_points()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# A pause for tests that signal a script mid-work
+# ---------------------------------------------------------------------------------------------
+PAUSE_VARIABLE = "SGZ_TEST_PAUSE_AFTER"
+PAUSED = f"{PAUSE_VARIABLE}: paused"  # the line a paused script writes to stderr
+_pause_calls = [0]
+_pause_lock = threading.Lock()
+_pause_released = threading.Event()
+
+
+def pause_point():
+    """A test's hook, a no-op in use. Each script calls it in one place, at the start of each unit of work
+    (a frame to encode, an image, a training step). With SGZ_TEST_PAUSE_AFTER=N in the environment, once N
+    units have begun the next call writes PAUSED to stderr, and it and every later call wait for SIGINT or
+    SIGTERM. A test that signals a script mid-work waits for that line and signals then: the work waits for
+    the signal, not the other way round, so no race decides what the test sees."""
+    limit = os.environ.get(PAUSE_VARIABLE)
+    if limit is None:
+        return
+    with _pause_lock:
+        _pause_calls[0] += 1
+        calls = _pause_calls[0]
+    if calls <= int(limit):
+        return
+    if calls == int(limit) + 1:
+        print(f"\n{PAUSED}", file=sys.stderr, flush=True)  # on a line of its own, after any progress bar
+    while not _pause_released.wait(1):  # the main thread's wait ends with the handler's KeyboardInterrupt
+        pass
+
+
+def release_pause_points():
+    """Let the threads waiting at pause_point go on (the signal handlers call it)."""
+    _pause_released.set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Containment: one bad input never costs another
+# ---------------------------------------------------------------------------------------------
+DEBUG_VARIABLE = "SGZ_DEBUG"
+
+
+def debugging():
+    """Whether SGZ_DEBUG asks for the tracebacks of contained failures (set, and not 0/false/no)."""
+    return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def failure_reason(exc):
+    """An exception as one line: a UserError's message (it says what to do), else the exception's type
+    and message (OpenCV's span several lines: joined)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, UserError):
+        return text
+    if isinstance(exc, MemoryError):
+        return f"MemoryError: out of memory{f' ({text})' if text else ''}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def input_failure(name, exc):
+    """The one line that reports that input `name` (a path, a request, a frame) failed with `exc`: its name
+    and failure_reason (the name once, where the reason already holds it). With SGZ_DEBUG set, the
+    traceback goes to stderr first."""
+    if debugging():
+        traceback.print_exception(exc, file=sys.stderr)
+    reason = failure_reason(exc)
+    return reason if str(name) and str(name) in reason else f"{name}: {reason}"
+
+
+@contextlib.contextmanager
+def contained(name, report):
+    """Run one input's work; any Exception it raises is that input's failure: `report(line)` gets the
+    input_failure line and the caller goes on with the next input. KeyboardInterrupt and SystemExit pass."""
+    try:
+        yield
+    except Exception as e:
+        report(input_failure(name, e))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ enhanced images out, each exactly the size, bit depth and alpha of its input.
 
 The enhancement itself is enhance.Enhancer; this script finds the files, plans where each result goes,
 and decodes, enhances and encodes whole images in parallel threads (OpenCV and torch release the GIL).
+
+Every frame of a multi-frame image (GIF, APNG, animated WebP, multi-page TIFF) is enhanced, its durations
+and loop count kept. One bad file never costs another: whatever goes wrong with one file (unreadable,
+corrupt, out of memory, an encoder's error) is reported in one line naming it (runtime.input_failure;
+SGZ_DEBUG=1 adds the traceback), the others go on, and the run exits 1. Only Ctrl-C and SIGTERM stop it.
 """
 
 import os
@@ -144,7 +149,7 @@ class Tester:
 
     def __init__(
         self,
-        weight_dir="weight/sgz.pth",
+        weights="weight/sgz.pth",
         scale_factor=12,
         device="auto",
         precision="fp32",
@@ -153,23 +158,33 @@ class Tester:
         quality=95,
         allow_corrupt=False,
     ):
-        self.enhancer = Enhancer(weight_dir, scale_factor, device, precision, conv_type)
+        self.enhancer = Enhancer(weights, scale_factor, device, precision, conv_type)
         self.max_pixels, self.quality, self.allow_corrupt = max_pixels, quality, allow_corrupt
 
     def enhance_file(self, src, dst):
-        """One image file -> one enhanced file with the input's metadata (atomically; never over the source).
-        Returns (height, width)."""
+        """One image file -> one enhanced file with the input's metadata, every frame of a multi-frame image
+        (atomically; never over the source). Notes on the metadata (a profile not carried) are printed.
+        Returns the pixels enhanced (all frames')."""
+        runtime.pause_point()
         if Path(dst).resolve() == Path(src).resolve():
             raise UserError(f"writing {dst} would overwrite its input; choose another output path")
-        image, info = image_io.read_image(src, self.max_pixels, strict=not self.allow_corrupt)
-        image_io.write_image(dst, self.enhancer.enhance_array(image), self.quality, info["metadata"])
-        return image.shape[:2]
+        image, info = image_io.read_image(src, self.max_pixels, strict=not self.allow_corrupt, all_frames=True)
+        for note in info["notes"]:
+            tqdm.write(f"note: {src}: {note}", file=sys.stderr)
+        animation = info.get("animation")
+        pixels = image.shape[0] * image.shape[1]
+        if animation:
+            frames = [self.enhancer.enhance_array(frame) for frame in animation["frames"]]
+            pixels += sum(frame.shape[0] * frame.shape[1] for frame in frames)
+            animation = {**animation, "frames": frames}
+        image_io.write_image(dst, self.enhancer.enhance_array(image), self.quality, info["metadata"], animation)
+        return pixels
 
     def run(self, input_path, output_dir, workers=0, rank=0, world_size=1, progress=True, output_format="same"):
         """Enhance an image or a folder (recursively) into output_dir, mirroring the tree, `workers`
-        images at a time (0: one per CPU); this process takes files[rank::world_size]. A file the user
-        must fix (unreadable, unwritable) is reported in one line and the rest still run; any other error
-        is a bug and stops the run. Returns a RunSummary."""
+        images at a time (0: one per CPU); this process takes files[rank::world_size]. Any failure of one
+        file (an Exception) is reported in one line (runtime.input_failure) and the rest still run; only
+        Ctrl-C and SIGTERM (KeyboardInterrupt) stop the run. Returns a RunSummary."""
         jobs, skipped = plan_outputs(input_path, output_dir, output_format)
         check_output_folder(jobs, output_dir)
         runtime.remove_stale_temporaries({dst.parent for _, dst in jobs})
@@ -189,17 +204,17 @@ class Tester:
             try:
                 for future in as_completed(futures):
                     try:
-                        height, width = future.result()
+                        pixels = future.result()
                         summary.images += 1
-                        summary.megapixels += height * width / 1e6
-                    except UserError as e:  # one bad file must not stop the others
-                        src, reason = futures[future], str(e)
-                        summary.failed.append((src, reason))
-                        tqdm.write(f"error: {reason if str(src) in reason else f'{src}: {reason}'}", file=sys.stderr)
+                        summary.megapixels += pixels / 1e6
+                    except Exception as e:  # one bad file must not stop the others
+                        src, line = futures[future], runtime.input_failure(futures[future], e)
+                        summary.failed.append((src, line))
+                        tqdm.write(f"error: {line}", file=sys.stderr)
                     bar.update()
             except (
                 BaseException
-            ):  # Ctrl-C, SIGTERM or a bug: finish the images in flight (their writes are atomic), start no more
+            ):  # Ctrl-C, SIGTERM: finish the images in flight (their writes are atomic), start no more
                 for future in futures:
                     future.cancel()
                 raise

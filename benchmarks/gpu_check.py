@@ -35,7 +35,7 @@ weight/sgz.pth; for stage 4 the test photos (SGZ_SHARED, or a shared/ folder bes
 """
 
 import argparse
-import contextlib
+import functools
 import json
 import os
 import re
@@ -53,15 +53,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import image_io  # noqa: E402
-import model  # noqa: E402
 import runtime
-from enhance import PRECISIONS, Enhancer  # noqa: E402
+from enhance import Enhancer  # noqa: E402
 from runtime import UserError, available_cpus, run_script, thread_limits
 
 WEIGHTS = ROOT / "weight" / "sgz.pth"
@@ -221,55 +219,11 @@ def sample_frames(count, height, width):
     return frames
 
 
-def shrink(frames, size):
-    """(B, H, W, 3) uint8 -> the (B, 3, h, w) float copy in [0, 1] that the network sees (bilinear, as Enhancer)."""
-    x = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", align_corners=False)
-    return x.div_(255)
-
-
-def finish(frames, curve_map):
-    """The curve map resized to the frames, the curve applied, rounded half up to uint8 (B, H, W, 3)."""
-    x = frames.permute(0, 3, 1, 2).float().div(255)
-    r = F.interpolate(curve_map, size=frames.shape[1:3], mode="bilinear", align_corners=True)
-    y = model.apply_curve(x, r)
-    return (y * 255 + 0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-
-COMPILED = {}
-
-
-def full_resolution_steps(compiled):
-    """(shrink, finish), or both compiled once for the whole process (each batch size compiles once)."""
-    if not compiled:
-        return shrink, finish
-    if not COMPILED:
-        COMPILED["steps"] = tuple(torch.compile(f, dynamic=False) for f in (shrink, finish))
-    return COMPILED["steps"]
-
-
-class FramePipeline:
-    """What Enhancer.enhance_array computes, for a batch of equal-size uint8 RGB frames already on the device:
-    (B, H, W, 3) uint8 -> (B, H, W, 3) uint8. Enhancer works one photo at a time in bands (bounded memory for
-    any size); frames of a video fit whole, so here each step is one batched op that torch.compile can fuse
-    (compiled=True: the two full-resolution steps become a few kernels each)."""
-
-    def __init__(self, net, precision, compiled=False):
-        self.net, self.dtype = net, PRECISIONS[precision]
-        self.device = next(net.parameters()).device
-        self.shrink, self.finish = full_resolution_steps(compiled)
-
-    def __call__(self, frames):
-        low_size = model.downscaled_size(frames.shape[1], frames.shape[2], SCALE_FACTOR)
-        low = self.shrink(frames, low_size).contiguous(memory_format=torch.channels_last)
-        # no autocast cache: a CUDA graph must not capture cached casts of the weights
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
-            if self.dtype
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            curve_map = self.net.curve_map_lowres(low).float()
-        return self.finish(frames, curve_map)
+def frame_pipeline(precision, device, compiled=False):
+    """Enhancer.enhance_frames for one precision, as a function of the frames alone (what a CUDA graph
+    captures): the batched enhancement of enhance.py, computed nowhere else."""
+    enhancer = Enhancer(WEIGHTS, SCALE_FACTOR, device, precision)
+    return functools.partial(enhancer.enhance_frames, compiled=compiled, check=False)
 
 
 def in_cuda_graph(fn, example):
@@ -309,14 +263,14 @@ def device_run(pipeline, frames, mode, min_seconds, sync):
     return timed(replay, len(frames), min_seconds, sync)
 
 
-def host_to_host_run(pipeline, host_in, host_out, batch, min_seconds):
+def host_to_host_run(pipeline, device, host_in, host_out, batch, min_seconds):
     """Frames/s from pinned host frames to pinned host frames, `batch` at a time through three slots, each a
     CUDA graph with its own device buffers: while one batch is copied in (stream 1), the one before is computed
     (stream 2) and the one before that copied out (stream 3). Returns (frames/s, frames done)."""
     copy_in, compute, copy_out = (torch.cuda.Stream() for _ in range(3))
     slots = []
     for _ in range(3):
-        replay, dev_in, dev_out = in_cuda_graph(pipeline, host_in[:batch].to(pipeline.device))
+        replay, dev_in, dev_out = in_cuda_graph(pipeline, host_in[:batch].to(device))
         slots.append(
             {
                 "replay": replay,
@@ -365,8 +319,6 @@ def stage_inference(stage):
         torch=torch.__version__,
         skipped=[] if cuda else ["fp16, CUDA graphs, torch.compile, pinned host-to-host: need CUDA"],
     )
-    net = model.load_enhance_net(WEIGHTS, scale_factor=1, device=device).eval().requires_grad_(False)
-    net.to(memory_format=torch.channels_last)
     host = sample_frames(2 * batch if cuda else batch, height, width)
     frames = torch.from_numpy(host).to(device)
 
@@ -376,9 +328,9 @@ def stage_inference(stage):
         enhancer = Enhancer(WEIGHTS, SCALE_FACTOR, device, precision)
         some = frames[: min(3, batch)]
         if mode == "eager":
-            out = FramePipeline(net, precision)(some)
+            out = frame_pipeline(precision, device)(some)
         else:  # compiled for the batch size it is timed at
-            out = FramePipeline(net, precision, compiled=True)(frames[:batch])[: len(some)]
+            out = frame_pipeline(precision, device, compiled=True)(frames[:batch])[: len(some)]
         diff = max(
             int(np.abs(o.astype(int) - enhancer.enhance_array(f)).max())
             for o, f in zip(out.cpu().numpy(), host[: len(some)])
@@ -387,17 +339,17 @@ def stage_inference(stage):
 
     @torch.inference_mode()
     def on_device(precision, mode, size):
-        pipeline = FramePipeline(net, precision, compiled=mode.startswith("compiled"))
+        pipeline = frame_pipeline(precision, device, compiled=mode.startswith("compiled"))
         fps = device_run(pipeline, frames[:size], "eager" if mode == "eager" else "graph", min_seconds, sync)
         return {"precision": precision, "mode": mode, "batch": size, "frames_per_s": round(fps, 1)}
 
     @torch.inference_mode()
     def host_to_host(precision, mode, size):
-        pipeline = FramePipeline(net, precision, compiled=mode.startswith("compiled"))
+        pipeline = frame_pipeline(precision, device, compiled=mode.startswith("compiled"))
         pool = 4 * batch  # frames cycled through: 4 batches of pinned memory each way
         host_in, host_out = (torch.empty((pool, height, width, 3), dtype=torch.uint8, pin_memory=True) for _ in "io")
         host_in.copy_(torch.from_numpy(np.concatenate([host] * (pool // len(host)))))
-        fps, done = host_to_host_run(pipeline, host_in, host_out, size, min_seconds)
+        fps, done = host_to_host_run(pipeline, device, host_in, host_out, size, min_seconds)
         # the overlapped copies delivered what the device computes, frame for frame
         expected = pipeline(host_in[:batch].to(device)).cpu()
         diff = int((host_out[:batch].int() - expected.int()).abs().max())

@@ -11,12 +11,31 @@ Flask serves one page of plain HTML, CSS and JavaScript from demo/templates and 
 web font or analytics, and a Content-Security-Policy that lets the page load nothing from elsewhere.
 The server keeps nothing per visitor: a photo is the body of one POST /api/enhance request, decoded
 and enhanced in memory, and the PNG goes back in that request's response. The enhancement is
-enhance.Enhancer, as in test.py, so the page computes exactly what `python test.py` does.
+enhance.Enhancer, as in test.py, so the page computes exactly what `python test.py` does. Of a
+multi-frame upload (an animated WebP or APNG, a multi-page TIFF) the first frame is enhanced.
+
+Containment: one request's failure is that request's alone. What the app cannot decode is answered 422
+(415 for a format it does not offer, 413 for what is too large), a fault of its own 500; every error body is
+a generic sentence from this module, never a path or an exception's text (the operator's terminal gets the
+input_failure line, and with SGZ_DEBUG=1 the traceback).
+
+Host allow-list (against DNS rebinding: a page whose name is made to resolve to 127.0.0.1 would otherwise
+drive a local server from a visitor's browser). Bound to a loopback address, the app answers only to
+localhost, *.localhost and loopback IP addresses (any port); otherwise to those and to any IP address (a
+name that can be rebound is a DNS name, not an address). The names in --allowed_hosts (comma-separated; `*`
+allows any) are answered to either way: the public name a reverse proxy on this machine passes on in Host.
+Another Host header gets 421 Misdirected Request.
+
+Security headers: every answer of the app carries SECURITY_HEADERS, and so do waitress's own error pages
+(a malformed request, headers too large, a body over the limit), through its error task class (waitress
+has no option for it). Connections waitress refuses or closes without an answer (over connection_limit,
+idle past channel_timeout) have no page to carry them.
 """
 
 import collections
 import contextlib
 import io
+import ipaddress
 import mimetypes
 import socket
 import sys
@@ -29,15 +48,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's mo
 import numpy as np
 import skimage.data
 from flask import Flask, Response, jsonify, render_template, request, send_file
+from PIL import Image
 from waitress import create_server
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from enhance import Enhancer
 from image_io import decode_image, encode_image, find_images, image_header, load_rgb
 from option import get_demo_parser
-from runtime import UserError, run_script
+from runtime import UserError, input_failure, run_script
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LOOPBACK_NAMES = ("localhost",)  # and *.localhost, which resolves to loopback only (RFC 6761)
+UNREADABLE = "This file could not be read as an image. Upload a JPEG, PNG, BMP, TIFF or WebP photo."
+SERVER_FAULT = "The server could not enhance this image (a fault of its own, logged). Try a larger scale factor."
 SCALE_CHOICES = (1, 2, 4, 8, 12, 16, 24)
 STRENGTH_RANGE = (0.0, 2.0)
 BUILTIN_SAMPLES = ("coffee", "astronaut", "chelsea")  # photos bundled with scikit-image (CC0 / public domain)
@@ -100,20 +126,21 @@ def read_body(stream, max_bytes):
 def check_upload_header(data, name, max_pixels):
     """Refuse, from the header alone, what the page does not offer or would be turned against the server:
     another format, too many pixels, a side longer than any photo's, a progressive JPEG with more scans
-    than any camera writes; a header whose values are no numbers in range (image_io.header_int). Returns
-    the header (None when there is none: decode_upload then says what is wrong)."""
-    try:
-        header = image_header(data, name)
-    except UserError as e:
-        raise BadRequest(f"{e}. Upload a JPEG, PNG, BMP, TIFF or WebP photo.") from None
+    than any camera writes. A header whose values are no numbers in range raises UserError (image_io.header_int:
+    before they size anything), which upload_failures answers. Returns the header."""
+    header = image_header(data, name)
     if header is None:
-        return None
+        raise BadRequest(UNREADABLE, 422)
     if header.format not in UPLOAD_FORMATS:
         raise BadRequest(
             f"{name}: this demo does not read {header.format} files. Upload a JPEG, PNG, BMP, TIFF or WebP photo.", 415
         )
     if header.width * header.height > max_pixels:
-        decode_upload(data, name, max_pixels)  # decode_image refuses it from the header, with the usual message
+        raise BadRequest(
+            f"{name}: {header.width}x{header.height} is {header.width * header.height / 1e6:.1f} megapixels; "
+            f"this demo accepts up to {max_pixels / 1e6:g}. Send a smaller photo.",
+            413,
+        )
     if max(header.width, header.height) > MAX_SIDE:
         raise BadRequest(
             f"{name}: {header.width}x{header.height} has a side over {MAX_SIDE} pixels, more than any photo.", 413
@@ -132,13 +159,22 @@ def check_upload_header(data, name, max_pixels):
 
 def decode_upload(data, name, max_pixels):
     """Uploaded bytes -> the array Enhancer.enhance_array takes, decoded as test.py decodes files (EXIF
-    orientation, alpha and 16 bits kept; the pixel limit checked from the header, before decoding)."""
-    if not data:
-        raise BadRequest("No image received: choose a photo or a sample.")
+    orientation, alpha and 16 bits kept; the pixel limit checked from the header, before decoding; the first
+    frame of a multi-frame image)."""
+    return decode_image(data, name, max_pixels)[0]
+
+
+@contextlib.contextmanager
+def upload_failures(name, app):
+    """Whatever goes wrong while an upload's header is read or it is decoded is the upload's fault: 422 with
+    UNREADABLE (a BadRequest of our own passes as it is). The operator's log gets the input_failure line."""
     try:
-        return decode_image(data, name, max_pixels)[0]
-    except UserError as e:
-        raise BadRequest(f"{e}. Upload a JPEG, PNG, BMP, TIFF or WebP photo.") from None
+        yield
+    except BadRequest:
+        raise
+    except Exception as e:
+        app.logger.warning("upload refused: %s", input_failure(name, e))
+        raise BadRequest(UNREADABLE, 422) from None
 
 
 def encode_png(image):
@@ -150,21 +186,60 @@ def darken(rgb):
     return np.round((rgb / 255.0) ** 2.2 * 0.5 * 255).astype(np.uint8)
 
 
-def collect_samples(samples_dir):
+def samples_folder(samples_dir):
+    """--samples_dir as an absolute path: as given when absolute or found from the working directory, else
+    relative to the project's folder (the default, data/test_data, from any working directory)."""
+    folder = Path(samples_dir).expanduser()
+    if folder.is_absolute() or folder.exists():
+        return folder.resolve()
+    return (REPO / folder).resolve()
+
+
+SAME_PICTURE = 0.98  # correlation of 16x16 grey thumbnails: 0.997 for a photo darkened two ways, < 0.5 for others
+
+
+def picture_signature(im):
+    """(size, normalised 16x16 grey thumbnail): what same_picture compares."""
+    grey = np.asarray(im.convert("L").resize((16, 16), Image.BILINEAR), np.float32).ravel()
+    grey -= grey.mean()
+    return im.size, grey / (np.linalg.norm(grey) or 1.0)
+
+
+def same_picture(a, b):
+    """Whether two signatures are one picture, whatever its exposure or encoding (a darker or re-encoded
+    copy of a photo has the same size and a thumbnail that correlates with it)."""
+    return a[0] == b[0] and float(a[1] @ b[1]) >= SAME_PICTURE
+
+
+def collect_samples(samples_dir, log=print):
     """The page's samples as {id: (label, PNG bytes or a file's path, JPEG thumbnail)}: scikit-image's
-    bundled photos made dark, then the first images of samples_dir (the user's own test data, if any).
-    Thumbnails are made here, once: made per request, a 4K sample would cost a decode per page view."""
-    samples = {name: (name, encode_png(darken(getattr(skimage.data, name)()))) for name in BUILTIN_SAMPLES}
-    for i, path in enumerate(find_images(samples_dir)[:MAX_FOLDER_SAMPLES]):
-        samples[f"file{i}"] = (path.name, path)
-    return {
-        sample_id: (label, source, thumbnail_jpeg(source.read_bytes() if isinstance(source, Path) else source))
-        for sample_id, (label, source) in samples.items()
-    }
+    bundled photos made dark, then the first images of samples_dir (the user's own test data, if any) that
+    are other pictures (the project's data/test_data holds the bundled photos too). A file that cannot be
+    read is left out with a line. Thumbnails are made here, once: made per request, a 4K sample would cost
+    a decode per page view."""
+    samples, seen = {}, []
+    for name in BUILTIN_SAMPLES:
+        png = encode_png(darken(getattr(skimage.data, name)()))
+        im = load_rgb(io.BytesIO(png))
+        seen.append(picture_signature(im))
+        samples[name] = (name, png, thumbnail_jpeg(im))
+    for path in find_images(samples_folder(samples_dir)):
+        if len(samples) == len(BUILTIN_SAMPLES) + MAX_FOLDER_SAMPLES:
+            break
+        try:
+            im = load_rgb(path)
+        except Exception as e:
+            log(f"sample left out: {input_failure(path, e)}")
+            continue
+        signature = picture_signature(im)
+        if not any(same_picture(signature, other) for other in seen):
+            seen.append(signature)
+            samples[f"file{len(samples) - len(BUILTIN_SAMPLES)}"] = (path.name, path, thumbnail_jpeg(im))
+    return samples
 
 
-def thumbnail_jpeg(data):
-    im = load_rgb(io.BytesIO(data))
+def thumbnail_jpeg(im):
+    im = im.copy()
     im.thumbnail(THUMBNAIL_SIZE)
     out = io.BytesIO()
     im.save(out, "JPEG", quality=85)
@@ -220,6 +295,41 @@ def check_same_origin(headers, host):
     site, origin = headers.get("Sec-Fetch-Site"), headers.get("Origin")
     if site in ("same-site", "cross-site") or (site is None and origin and urlsplit(origin).netloc != host):
         raise BadRequest("Requests from other sites' pages are refused: open this demo's own page.", 403)
+
+
+def is_loopback(host):
+    """Whether a --host address (or name) is this machine's loopback."""
+    if host in LOOPBACK_NAMES:
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    return False
+
+
+def host_name(host_header):
+    """A Host header's name without its port, lower case ('[::1]:7860' -> '::1')."""
+    host = (host_header or "").strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def host_allowed(host_header, bound_host, allowed_hosts):
+    """The Host allow-list (see the module's docstring)."""
+    name = host_name(host_header)
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        address = None
+    if name in LOOPBACK_NAMES or name.endswith(".localhost") or (address and address.is_loopback):
+        return True
+    if "*" in allowed_hosts or name in allowed_hosts:
+        return True
+    return address is not None and not is_loopback(bound_host)
+
+
+def allowed_host_names(text):
+    return {name.strip().lower() for name in (text or "").split(",") if name.strip()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +418,8 @@ def create_app(args):
     """The Flask app; raises UserError for bad arguments (a bad weights file, fp16 on a CPU)."""
     enhancer = SerialEnhancer(args)
     admission = Admission(args.max_busy_mb * 1e6, args.max_running, args.max_waiting)
-    samples = collect_samples(args.samples_dir)
+    samples = collect_samples(args.samples_dir, log=lambda line: print(line, file=sys.stderr))
+    allowed_hosts = allowed_host_names(getattr(args, "allowed_hosts", ""))
     scales = tuple(sorted(set(SCALE_CHOICES) | {args.scale_factor}))
     max_upload_bytes = int(args.max_upload_mb * 1e6)
     max_pixels = args.max_mpix * 1e6
@@ -316,6 +427,11 @@ def create_app(args):
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     app.config["SAMPLES"] = samples
     app.config["ADMISSION"] = admission
+
+    @app.before_request
+    def check_host():
+        if not host_allowed(request.host, args.host, allowed_hosts):
+            raise BadRequest("This server does not answer for that host name.", 421)
 
     def sample_entry(sample_id):
         if sample_id not in samples:
@@ -351,14 +467,19 @@ def create_app(args):
         check_same_origin(request.headers, request.host)
         scale = parse_scale(request.args.get("scale_factor", args.scale_factor), scales)
         strength = parse_strength(request.args.get("strength", 1.0))
-        name = request.args.get("name", "upload")[:200]  # only for the messages
+        name = upload_name(request.args.get("name"))  # only for the messages
         data = read_body(request.stream, max_upload_bytes)
-        header = check_upload_header(data, name, max_pixels)
-        if header:
-            check_network_size((header.height, header.width), scale, scales, args.max_network_megapixels * 1e6)
-        with admission.admit(header.decoded_bytes if header else 0):
+        if not data:
+            raise BadRequest("No image received: choose a photo or a sample.")
+        with upload_failures(name, app):
+            header = check_upload_header(data, name, max_pixels)
+        check_network_size((header.height, header.width), scale, scales, args.max_network_megapixels * 1e6)
+        with admission.admit(header.decoded_bytes):
+            with upload_failures(name, app):
+                image = decode_upload(data, name, max_pixels)
             # The decoded photo is only the call's argument, so it is freed before the result is encoded.
-            png = encode_png(enhancer(decode_upload(data, name, max_pixels), scale, strength))
+            png = encode_png(enhancer(image, scale, strength))
+            del image
         return Response(png, mimetype="image/png")
 
     @app.errorhandler(BadRequest)
@@ -381,10 +502,7 @@ def create_app(args):
     @app.errorhandler(Exception)
     def server_error(e):
         app.logger.exception("enhancement failed")  # the traceback goes to the operator's terminal
-        return jsonify(
-            error=f"The server could not enhance this image ({type(e).__name__}: {e}). "
-            "Try a larger scale factor or a smaller photo."
-        ), 500
+        return jsonify(error=SERVER_FAULT), 500
 
     @app.after_request
     def add_security_headers(response):
@@ -392,6 +510,26 @@ def create_app(args):
         return response
 
     return app
+
+
+def upload_name(text):
+    """The file name the page sends with an upload, for the messages only: its last component, 100
+    characters at most (a path a script sends is not echoed)."""
+    name = str(text or "upload").replace("\\", "/").rsplit("/", 1)[-1][:100]
+    return name or "upload"
+
+
+class SecureErrorTask(ErrorTask):
+    """waitress's own error pages (a malformed request, headers too large, a body over the limit) with the
+    app's security headers."""
+
+    def execute(self):
+        self.response_headers.extend(SECURITY_HEADERS.items())
+        super().execute()
+
+
+class SecureChannel(HTTPChannel):
+    error_task_class = SecureErrorTask
 
 
 def url_host(host):
@@ -411,7 +549,8 @@ def wsgi_app(*argv):
     """The app for a WSGI server of your own, configured by the command line's options (the admission
     control comes with it; bounds on bodies, threads and connections are then that server's to set):
         waitress-serve --call demo.app:wsgi_app
-        gunicorn 'demo.app:wsgi_app("--weight_dir", "weight/sgz.pth")'"""
+        gunicorn 'demo.app:wsgi_app("--weight_dir", "weight/sgz.pth", "--allowed_hosts", "photos.example.org")'
+    (--host is not where that server listens: give the names it is reached by with --allowed_hosts)."""
     return create_app(get_demo_parser().parse_args(argv))
 
 
@@ -435,7 +574,7 @@ def serve(app, sock, args):
     """waitress on `sock`: one thread reads and writes every connection, so idle or slow ones hold no
     thread, and a request reaches the app only once its whole body has arrived (a body past
     --max_upload_mb, chunked or not, is refused as it arrives)."""
-    return create_server(
+    server = create_server(
         app,
         sockets=[sock],
         ident="SGZ demo",
@@ -449,6 +588,8 @@ def serve(app, sock, args):
         outbuf_overflow=BUFFER_IN_MEMORY,
         max_request_header_size=MAX_HEADER_BYTES,
     )
+    server.channel_class = SecureChannel  # one socket: create_server returns its one server
+    return server
 
 
 def main(args):
@@ -456,7 +597,10 @@ def main(args):
     sock = listen(args.host, args.port)
     server = serve(app, sock, args)
     folder_samples = sum(isinstance(source, Path) for _, source, _ in app.config["SAMPLES"].values())
-    print(f"samples: {len(BUILTIN_SAMPLES)} built-in, {folder_samples} from {args.samples_dir}", flush=True)
+    print(
+        f"samples: {len(BUILTIN_SAMPLES)} built-in, {folder_samples} from {samples_folder(args.samples_dir)}",
+        flush=True,
+    )
     print(
         f"SGZ demo running: open http://{url_host(args.host)}:{sock.getsockname()[1]} in a browser (Ctrl+C stops it)",
         flush=True,

@@ -10,10 +10,16 @@ the clip. Each frame keeps its timestamp (variable frame rates and the duration 
 packets are copied unchanged (re-encoded to AAC where the output's container cannot hold them), the
 rotation and colour tags are carried over, and 10-bit (HDR) input stays 10-bit. The output is
 written to a temporary file and renamed when complete; an output that is the input is refused.
+
+Containment (runtime.input_failure): a video that cannot be decoded, enhanced or encoded is one line
+naming it (SGZ_DEBUG=1 adds the traceback) and exit 1; in the frames workflow (I2V) each frame file is an
+input of its own: one that cannot be read, or has another size than the first, is named in one line and
+left out, the others make the video, and the run exits 1.
 """
 
 import collections
 import contextlib
+import itertools
 import os
 import re
 import sys
@@ -32,11 +38,15 @@ from enhance import Enhancer
 from image_io import find_images, load_rgb, write_image
 from option import get_video_parser
 from runtime import (
+    EXIT_SOME_INPUTS_FAILED,
     UserError,
     atomic_output,
     available_cpus,
+    contained,
     exit_now,
+    input_failure,
     interrupt_on_sigterm,
+    pause_point,
     remove_stale_temporaries,
     run_script,
     thread_limits,
@@ -287,6 +297,7 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
         with tqdm(total=vin.frames or None, unit="frame", desc=Path(src).name, dynamic_ncols=True) as bar:
 
             def encode_oldest():
+                pause_point()
                 rgb, pts, enhanced = in_flight.popleft()
                 enhanced = enhanced.result()
                 flicker_in.add(rgb)
@@ -304,7 +315,7 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
                 # frames follow each other, from the stream's start.
                 last_pts = item.pts if item.pts is not None and not numbered else next_pts
                 next_pts = last_pts + (item.duration or round(1 / (rate * vin.time_base)))
-                in_flight.append((rgb, last_pts, worker.submit(enhancer.enhance_array, rgb, map_filter=map_filter)))
+                in_flight.append((rgb, last_pts, worker.submit(enhancer.enhance_frame, rgb, map_filter=map_filter)))
                 frames += 1
                 if len(in_flight) > FRAMES_IN_FLIGHT:
                     encode_oldest()
@@ -367,25 +378,50 @@ def video_frame_rate(path):
         return vin.average_rate or vin.guessed_rate
 
 
-def frames_to_video(folder, dst, fps, crf=18, preset="medium"):
-    """Join the images under `folder` (sorted numerically) into a video at `fps`. Returns the count."""
+def readable_frames(paths, failed):
+    """The frames of `paths` that can be read, as (path, RGB array), lazily; each that cannot is a line
+    appended to `failed` (and printed), as is each of another size than the first readable one."""
+
+    def report(line):
+        failed.append(line)
+        tqdm.write(f"error: {line}", file=sys.stderr)
+
+    size = None
+    for path in paths:
+        rgb = None
+        with contained(path, report):
+            rgb = np.asarray(load_rgb(path))
+            size = size or rgb.shape[:2]
+            if rgb.shape[:2] != size:
+                raise UserError(
+                    f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, the other frames {size[1]}x{size[0]}; "
+                    "all frames of a video must have one size: left out"
+                )
+        if rgb is not None and rgb.shape[:2] == size:
+            yield path, rgb
+
+
+def frames_to_video(folder, dst, fps, crf=18, preset="medium", failed=None):
+    """Join the images under `folder` (sorted numerically) into a video at `fps`. Returns the count of
+    frames written; a frame file that cannot be used is left out, its line appended to `failed`."""
     paths = sorted(find_images(folder), key=numeric_order)
     if not paths:
         raise UserError(f"no frames found in {folder}; give the folder of images with --image_folder")
+    failed = [] if failed is None else failed
     rate = Fraction(fps).limit_denominator(1001)
-    first = load_rgb(paths[0])
+    frames = readable_frames(tqdm(paths, unit="frame", desc="I2V"), failed)
+    first = next(frames, None)
+    if first is None:
+        raise UserError(f"none of the {len(paths)} frames in {folder} could be read; see the lines above")
+    height, width = first[1].shape[:2]
+    count = 0
     with video_writer(dst) as out:
-        stream = add_h264_stream(out, first.width, first.height, rate, 1 / rate, crf, preset)
-        for i, path in enumerate(tqdm(paths, unit="frame", desc="I2V")):
-            rgb = np.asarray(load_rgb(path))
-            if rgb.shape[:2] != (first.height, first.width):
-                raise UserError(
-                    f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, the other frames {first.width}x{first.height}; "
-                    "all frames of a video must have one size"
-                )
-            out.mux(stream.encode(to_video_frame(rgb, stream, i, 1 / rate)))
+        stream = add_h264_stream(out, width, height, rate, 1 / rate, crf, preset)
+        for _, rgb in itertools.chain([first], frames):
+            out.mux(stream.encode(to_video_frame(rgb, stream, count, 1 / rate)))
+            count += 1
         out.mux(stream.encode(None))
-    return len(paths)
+    return count
 
 
 def refuse_same_file(src, dst):
@@ -396,7 +432,22 @@ def refuse_same_file(src, dst):
 
 
 def main(args):
+    """Run the --choice; a failure of the input video (anything but a UserError, which run_script reports)
+    is its one line and exit 1."""
     interrupt_on_sigterm()
+    try:
+        return run_choice(args)
+    except UserError:
+        raise
+    except Exception as e:
+        print(
+            f"error: {input_failure(args.video_path if args.choice != 'I2V' else args.image_folder, e)}",
+            file=sys.stderr,
+        )
+        return EXIT_SOME_INPUTS_FAILED
+
+
+def run_choice(args):
     if args.choice == "V2I":
         count = video_to_frames(args.video_path, frame_path_pattern(args.image_lowlight_folder))
         print(f"wrote {count} frames to {args.image_lowlight_folder}")
@@ -405,8 +456,12 @@ def main(args):
         dst = args.save_path or str(Path(args.image_folder)) + ".mp4"
         if Path(args.video_path).is_file():
             refuse_same_file(args.video_path, dst)
-        count = frames_to_video(args.image_folder, dst, fps, args.crf, args.preset)
+        failed = []
+        count = frames_to_video(args.image_folder, dst, fps, args.crf, args.preset, failed)
         print(f"wrote {dst}: {count} frames at {float(fps):g} fps")
+        if failed:
+            print(f"error: {len(failed)} frame files left out (named above)", file=sys.stderr)
+            return EXIT_SOME_INPUTS_FAILED
     else:
         dst = args.save_path or str(Path(args.video_path).with_name(Path(args.video_path).stem + "_enhanced.mp4"))
         refuse_same_file(args.video_path, dst)

@@ -15,6 +15,19 @@ sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("SGZ_SHARED", ROOT.parent / "shared"))
 
 import model  # noqa: E402  (after the path is set)
+from runtime import PAUSED  # noqa: E402
+
+
+def wait_until_paused(proc):
+    """Read a script's stderr (a text pipe) until it says it waits at runtime.pause_point (run it with
+    SGZ_TEST_PAUSE_AFTER set), so a signal sent now arrives mid-work. Returns what it said."""
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if line.rstrip().endswith(PAUSED):
+            return "".join(said)
+    proc.wait()
+    raise AssertionError(f"the script ended (status {proc.returncode}) without pausing: {''.join(said)[-2000:]}")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from test_video import decode_rgb, make_clip, mv
 
 import image_io
 import train
+import train_utils
 from enhance import Enhancer
 from option import get_train_parser
 
@@ -215,7 +216,7 @@ def test_training_steps_on_the_device_match_the_cpu(
     skip_where_unsupported(device, precision)
     batch, cpu_loss = cpu_first_step
     if precision != "fp32":  # train.py picks bf16 where the GPU has it; fp16 + GradScaler is the older GPUs' path
-        monkeypatch.setattr(train, "autocast_dtype", lambda _: AMP_DTYPES[precision])
+        monkeypatch.setattr(train_utils, "autocast_dtype", lambda _: AMP_DTYPES[precision])
     t = train.Trainer(train_args(train_images, tmp_path / "device", device, "--amp", str(precision != "fp32")))
     request.addfinalizer(t.close)
     assert t.device.type == device.type and t.scaler.is_enabled() == (precision == "fp16" and device.type == "cuda")

@@ -51,6 +51,25 @@ def test_other_scale_factors(weights, enhancer, scale_factor):
     np.testing.assert_array_equal(enhancer.enhance_array(image, scale_factor=scale_factor), out)  # one net, any scale
 
 
+@pytest.mark.parametrize("scale_factor", [12, 5, 1])
+def test_the_batched_path_equals_enhance_array_and_the_whole_image_computation(weights, enhancer, scale_factor):
+    frames = np.stack([dark_image((90, 130, 3), seed=i) for i in range(3)])
+    out = enhancer.enhance_frames(torch.from_numpy(frames), scale_factor=scale_factor)
+    assert out.shape == frames.shape and out.dtype == torch.uint8
+    for o, f in zip(out.numpy(), frames):
+        assert max_abs_diff(o, enhancer.enhance_array(f, scale_factor=scale_factor)) <= 1
+        assert max_abs_diff(o, reference(weights, f, scale_factor)) <= 1
+
+
+def test_the_batched_path_takes_strength_and_a_map_filter_as_enhance_array(weights, enhancer):
+    frame = dark_image((48, 64, 3))
+    halve = lambda curve_map: curve_map / 2
+    out = enhancer.enhance_frames(torch.from_numpy(frame)[None], strength=1.6, map_filter=halve)[0].numpy()
+    assert max_abs_diff(out, enhancer.enhance_array(frame, strength=1.6, map_filter=halve)) <= 1
+    assert max_abs_diff(out, enhancer.enhance_array(frame)) > 1  # they did change the result
+    assert max_abs_diff(enhancer.enhance_frame(frame), enhancer.enhance_array(frame)) == 0  # a CPU: enhance_array
+
+
 def test_official_weights_reproduce_the_official_outputs(shared, official_weights):
     parity = np.load(shared / "reference" / "parity.npz")
     enhancer = Enhancer(official_weights, device="cpu")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +36,8 @@ def save(path, rgb01):
     Image.fromarray(np.round(rgb01 * 255).astype(np.uint8)).save(path)
 
 
-def run(argv):
-    return evaluate.evaluate(get_evaluate_parser().parse_args(argv))
+def run(argv, failed=None):
+    return evaluate.evaluate(get_evaluate_parser().parse_args(argv), failed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,8 +216,9 @@ def test_crop_compares_the_common_top_left_region(folders):
         "--no-niqe",
         "--no-lpips",
     ]
-    with pytest.raises(UserError, match="is 192x128 but .* is 180x120; pass --crop"):
-        run(argv)
+    failed = []
+    run(argv, failed)  # each image of other sizes is one line, the others are scored
+    assert failed and all(re.search("is 192x128 but .* is 180x120; pass --crop", line) for line in failed)
     run(argv + ["--crop"])
     with open(folders / "eval" / "per_image.csv") as f:
         assert {(r["width"], r["height"]) for r in csv.DictReader(f)} == {("180", "120")}
@@ -227,7 +229,6 @@ def test_crop_compares_the_common_top_left_region(folders):
     [
         ("empty", "no images in"),
         ("no_match", "no file name is in every folder"),
-        ("unreadable", "not a readable image"),
         ("out_inside", "lies inside"),
         ("labels", "--labels gives 2 names for 1"),
     ],
@@ -248,8 +249,6 @@ def test_bad_input_is_one_clear_error(folders, case, message):
     elif case == "no_match":
         for path in (folders / "gt").rglob("*.png"):
             path.rename(path.with_name("gt_" + path.name))
-    elif case == "unreadable":
-        (folders / "m1" / "A" / "x.jpg").write_text("not an image")
     elif case == "out_inside":
         argv[-2] = str(folders / "m1" / "eval")
     elif case == "labels":
@@ -257,6 +256,47 @@ def test_bad_input_is_one_clear_error(folders, case, message):
     with pytest.raises(UserError, match=message) as error:
         run(argv)
     assert "\n" not in str(error.value)
+
+
+def test_an_unreadable_image_is_one_line_and_the_others_are_scored(folders):
+    (folders / "m1" / "A" / "x.jpg").write_text("not an image")
+    (folders / "gt" / "A" / "x.png").write_bytes((folders / "gt" / "A").glob("*.png").__next__().read_bytes())
+    argv = ["--pred_dir", str(folders / "m1"), "--gt_dir", str(folders / "gt"), "--out_dir", str(folders / "eval")]
+    failed = []
+    summary = run(argv + ["--no-niqe", "--no-lpips"], failed)
+    assert len(failed) == 1 and "x.jpg" in failed[0] and "not a readable image" in failed[0]
+    with open(folders / "eval" / "per_image.csv") as f:
+        scored = {r["image"] for r in csv.DictReader(f)}
+    assert scored and not any(Path(key).name == "x" for key in scored)
+    assert {e["method"] for e in summary} == {"m1", "ground truth"}
+
+
+def test_images_smaller_than_ssims_window_are_scored_without_ssim(tmp_path):
+    rng = np.random.default_rng(0)
+    for folder in ("pred", "gt"):
+        save(tmp_path / folder / "tiny.png", rng.random((5, 5, 3)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "evaluate.py"),
+            "--pred_dir",
+            str(tmp_path / "pred"),
+            "--gt_dir",
+            str(tmp_path / "gt"),
+            "--out_dir",
+            str(tmp_path / "eval"),
+            "--no-niqe",
+            "--no-lpips",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "SSIM is undefined" in result.stderr
+    with open(tmp_path / "eval" / "per_image.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["method"] == "pred")
+    assert float(row["psnr"]) > 0 and row["ssim"] in ("", "nan")
 
 
 def test_command_line_error_is_one_line_and_nonzero(tmp_path):

@@ -3,7 +3,6 @@
 a bug of our own still shows as itself. The files are the corpus's (tests/fuzz, made by make_seeds.py)."""
 
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -46,12 +45,10 @@ def test_a_text_tile_width_is_refused_before_anything_is_sized():
     data = regression("tiff_text_tile_width.tif")
     with pytest.raises(UserError, match="^t.tif: its header gives the tile width as '999'"):
         image_io.image_header(data, "t.tif")
-    sys.path.insert(0, str(FUZZ.parents[1] / "demo"))
-    from demo.app import BadRequest, check_upload_header
+    from demo.app import check_upload_header
 
-    with pytest.raises(BadRequest, match="^t.tif: its header gives the tile width") as refused:
+    with pytest.raises(UserError, match="^t.tif: its header gives the tile width"):  # the demo answers 422
         check_upload_header(data, "t.tif", 40e6)
-    assert refused.value.status == 400
 
 
 def test_a_forged_bit_depth_gives_no_budget_and_one_user_error():

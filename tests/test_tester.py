@@ -8,10 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, dark_image
+from conftest import ROOT, dark_image, wait_until_paused
 from PIL import Image, ImageFile
 
 import image_io
+import runtime
 import test as sgz_test  # the project's test.py (by module, so pytest does not collect Tester)
 from option import get_test_parser
 from runtime import run_script
@@ -349,7 +350,7 @@ def test_stale_temporaries_are_cleaned_and_sigterm_leaves_none(weights, tmp_path
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     out.mkdir()
-    for i in range(80):  # enough that SIGTERM comes while most are still to do
+    for i in range(12):
         Image.fromarray(dark_image((200, 300, 3), seed=i)).save(src / f"{i:02d}.png")
     dead = out / ".sgz-4194999-0badc0de.tmp.png"  # above Linux's largest pid: its writer is surely gone
     alive = out / f".sgz-{os.getpid()}-00c0ffee.tmp.png"  # a writer still at work
@@ -370,20 +371,17 @@ def test_stale_temporaries_are_cleaned_and_sigterm_leaves_none(weights, tmp_path
         ],
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, runtime.PAUSE_VARIABLE: "3"},  # the 4th image waits for the signal
     )
-    import time
-
-    deadline = time.monotonic() + 60
-    while not any(p.suffix == ".png" and not p.name.startswith(".") for p in out.iterdir()):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
+    said = wait_until_paused(proc)
     proc.terminate()  # SIGTERM
-    err = proc.communicate(timeout=60)[1]
+    err = said + proc.communicate(timeout=60)[1]
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     assert not dead.exists() and alive.exists()
     assert [p.name for p in out.iterdir() if p.name.startswith(".sgz-")] == [alive.name]
     written = [p for p in out.iterdir() if not p.name.startswith(".")]
-    assert 0 < len(written) < 80 and all(image_io.read_image(p)[0].shape == (200, 300, 3) for p in written)
+    # the 3 done and the 2 waiting finish, the rest are never started
+    assert 0 < len(written) < 12 and all(image_io.read_image(p)[0].shape == (200, 300, 3) for p in written)
 
 
 def test_a_disk_that_fills_up_during_the_run_is_named_plainly(weights, tmp_path, monkeypatch, capsys):

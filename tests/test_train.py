@@ -2,25 +2,27 @@
 after SIGKILL), refusal of used folders, the lock, bad files, non-finite steps, DDP on two CPU processes."""
 
 import csv
+import json
 import os
 import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import wait_until_paused
 from PIL import Image
 
 import train
+import train_utils
 from dataloader import LowLightDataset, header_is_readable
 from model import EnhanceNet, load_enhance_net
 from option import get_train_parser
-from runtime import UserError, available_cpus, run_script
+from runtime import PAUSE_VARIABLE, UserError, available_cpus, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,21 +159,19 @@ def test_resume_alone_after_sigkill_ends_equal_to_an_uninterrupted_run(images, t
     common = ["--num_epochs", "4", "--display_iter", "2", "--device", "cpu"]
     assert cli(*argv_for(images, tmp_path / "straight", *common))[0] == 0
     run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", PAUSE_VARIABLE: "5"}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *argv_for(images, run, *common)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    deadline = time.monotonic() + 120
-    while not (run / "last.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until_paused(proc)  # after step 5, saved (--snapshot_iter 1): the run waits to be killed
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(run / "last.pth", weights_only=True)["step"]
-    assert killed_at < 12, "the run ended before it could be killed"
+    assert torch.load(run / "last.pth", weights_only=True)["step"] == 5
 
     status, err = cli("--resume", str(run / "last.pth"))  # its settings and its folder come from last.pth
     assert status == 0, err
@@ -179,6 +179,99 @@ def test_resume_alone_after_sigkill_ends_equal_to_an_uninterrupted_run(images, t
     assert_same_weights(tmp_path / "straight" / "Epoch3.pth", run / "Epoch3.pth")
     assert log_steps(run) == log_steps(tmp_path / "straight")  # rows after the checkpoint were not kept twice
     assert torch.load(run / "last.pth", weights_only=True)["args"]["num_epochs"] == 4
+
+
+def test_the_run_folder_holds_its_settings_as_text_and_a_log_of_what_the_console_said(images, tmp_path, cli):
+    run = tmp_path / "run"
+    status, err = cli(*argv_for(images, run, "--num_epochs", "3", "--max_steps", "2"))
+    assert status == 0, err
+    settings = json.loads((run / "args.json").read_text())
+    assert settings["image_size"] == 32 and settings["max_steps"] == 2 and settings["lr"] == 1e-3
+    assert settings == torch.load(run / "last.pth", weights_only=True)["args"]
+    log = (run / "train.log").read_text()
+    for said in (f"run folder: {run}", "skipped 3 unreadable file(s)", err.strip().splitlines()[-1]):
+        assert said in log
+    # 3 steps an epoch: stopped in the first, its weights are not called a whole epoch's
+    assert "done: epoch 1 of 3, 2 of its 3 steps done, step 2" in err.strip().splitlines()[-1]
+    assert (run / "Epoch0_partial.pth").is_file() and not (run / "Epoch0.pth").exists()
+
+    status, err = cli("--resume", str(run / "last.pth"), "--max_steps", "4", "--lr", "2e-3")
+    assert status == 0, err
+    settings = json.loads((run / "args.json").read_text())
+    assert settings["max_steps"] == 4 and settings["lr"] == 2e-3 and settings["image_size"] == 32
+    log = (run / "train.log").read_text()
+    assert log.count("run folder: ") == 1 and "overriding the saved settings: --lr 0.002 (was 0.001)" in log
+    assert log.count("done: ") == 2 and err.strip().splitlines()[-1] in log
+    assert (run / "Epoch0.pth").is_file() and not (run / "Epoch0_partial.pth").exists()  # epoch 1 complete
+    assert (run / "Epoch1_partial.pth").is_file()
+
+
+def test_skipped_steps_go_to_the_log(images, tmp_path, monkeypatch, capsys):
+    with train.Trainer(args_for(images, tmp_path, "--num_epochs", "1")) as t:
+        real_forward = t.criterion.forward
+        calls = {"n": 0}
+
+        def once_nan(*a):
+            calls["n"] += 1
+            total, terms = real_forward(*a)
+            return (total * float("nan"), terms) if calls["n"] == 2 else (total, terms)
+
+        monkeypatch.setattr(t.criterion, "forward", once_nan)
+        assert t.train() == 0
+    assert "non-finite loss or gradient at step 2; step skipped" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_the_last_whole_step_and_resume_loses_nothing(
+    images, tmp_path, cli, monkeypatch, signum
+):
+    common = ["--num_epochs", "2", "--snapshot_iter", "100", "--device", "cpu"]  # 3 steps an epoch
+    assert cli(*argv_for(images, tmp_path / "straight", *common))[0] == 0
+    real_step, steps = train.train_step, []
+
+    def step_then_signal(*a):  # the signal comes from the work itself, during step 4: no race
+        steps.append(len(steps) + 1)
+        if len(steps) == 4:
+            signal.raise_signal(signum)
+        return real_step(*a)
+
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    run = tmp_path / "run"
+    status, err = cli(*argv_for(images, run, *common))
+    assert status == 130 and steps == [1, 2, 3, 4], err  # step 4 finished, no step 5 begun
+    closing = err.strip().splitlines()[-1]
+    assert closing.startswith("interrupted at step 4 (epoch 2 of 2, 1 of its 3 steps done)")
+    assert f"--resume {run / 'last.pth'}" in closing and closing in (run / "train.log").read_text()
+    assert torch.load(run / "last.pth", weights_only=True)["step"] == 4  # saved, though --snapshot_iter is 100
+    assert (run / "Epoch0.pth").is_file() and (run / "Epoch1_partial.pth").is_file()
+    monkeypatch.setattr(train, "train_step", real_step)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
+
+    status, err = cli("--resume", str(run / "last.pth"))
+    assert status == 0, err
+    assert_same_weights(tmp_path / "straight" / "Epoch1.pth", run / "Epoch1.pth")
+    assert log_steps(run) == log_steps(tmp_path / "straight")
+
+
+def test_ctrl_c_at_the_terminal_with_loader_workers_ends_the_step_saves_and_exits_130(images, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *argv_for(images, run, "--num_epochs", "2", "--snapshot_iter", "100")]
+        + ["--num_workers", "2"],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", PAUSE_VARIABLE: "4"},  # step 5 waits for the signal
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    said = wait_until_paused(proc)
+    os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C reaches the loader's workers too
+    err = said + proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted at step 5 (epoch 2 of 2, 2 of its 3 steps done)")
+    assert torch.load(run / "last.pth", weights_only=True)["step"] == 5
 
 
 def test_resume_with_overrides_lists_them_and_refuses_what_cannot_change(images, tmp_path, cli):
@@ -219,7 +312,7 @@ def test_the_lock_stops_a_second_live_run_and_dies_with_its_process(images, tmp_
             "-c",
             "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
             "print('held', flush=True); time.sleep(120)",
-            str(run / train.LOCK),
+            str(run / train_utils.LOCK),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -385,7 +478,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(images, tmp_path, monkey
             t.train()
         assert "step 2; step skipped" in capsys.readouterr().err
         assert all(torch.isfinite(v).all() for v in t.model_without_ddp.state_dict().values())
-        assert t.position.step == 3 + train.MAX_BAD_STEPS_IN_A_ROW  # steps 4..8 bad in a row
+        assert t.position.step == 3 + train_utils.MAX_BAD_STEPS_IN_A_ROW  # steps 4..8 bad in a row
 
 
 def test_flags_given_on_the_command_line_are_told_from_defaults():
@@ -446,8 +539,10 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_whole_batch(image
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
         ".train.lock",
         "Epoch0.pth",
+        "args.json",
         "last.pth",
         "loss_log.csv",
         "loss_plot.png",
+        "train.log",
     ]
     assert_same_weights(tmp_path / "ddp" / "Epoch0.pth", tmp_path / "one" / "Epoch0.pth", atol=1e-5)

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, wait_until_paused
 
 from model import EnhanceNet
 from option import get_video_parser
@@ -19,7 +19,7 @@ from option import get_video_parser
 sys.path.insert(0, str(ROOT / "demo"))
 import make_video as mv  # noqa: E402
 
-from runtime import UserError
+from runtime import PAUSE_VARIABLE, UserError
 
 FPS = 24
 AUDIO_RATE = 44100
@@ -85,7 +85,7 @@ def decode_rgb(path):
 class Identity:
     """Stands in for the Enhancer where only the plumbing is under test."""
 
-    def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
+    def enhance_frame(self, image, map_filter=None):
         return image.copy()
 
 
@@ -167,8 +167,8 @@ def test_temporal_smoothing_changes_later_frames_only(tmp_path, tester):
         def __init__(self):
             self.outputs = []
 
-        def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
-            self.outputs.append(tester.enhance_array(image, scale_factor, strength, map_filter))
+        def enhance_frame(self, image, map_filter=None):
+            self.outputs.append(tester.enhance_frame(image, map_filter))
             return self.outputs[-1]
 
     src = make_clip(tmp_path / "in.mp4", audio=False)
@@ -252,7 +252,7 @@ def test_failed_run_keeps_an_existing_output(tmp_path):
 
 def test_interrupted_run_leaves_no_file(tmp_path):
     class Interrupted:
-        def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
+        def enhance_frame(self, image, map_filter=None):
             raise KeyboardInterrupt
 
     src = make_clip(tmp_path / "in.mp4")
@@ -296,14 +296,20 @@ def test_v2i_writes_upright_numbered_frames_and_i2v_joins_them_in_numeric_order(
     assert green == sorted(green)  # 10.jpg after 9.jpg: numeric order, not text order
 
 
-def test_i2v_refuses_frames_of_different_sizes(tmp_path):
+def test_i2v_leaves_out_each_frame_it_cannot_use_and_names_it(tmp_path):
     from PIL import Image
 
-    Image.new("RGB", (32, 32)).save(tmp_path / "0.png")
-    Image.new("RGB", (32, 30)).save(tmp_path / "1.png")
-    with pytest.raises(UserError, match="one size"):
-        mv.frames_to_video(tmp_path, tmp_path / "out.mp4", 25)
-    assert not list(tmp_path.glob("*out*"))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("RGB", (32, 32)).save(frames / "0.png")
+    Image.new("RGB", (32, 30)).save(frames / "1.png")  # another size
+    (frames / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))  # not decodable
+    Image.new("RGB", (32, 32), (0, 90, 0)).save(frames / "3.png")
+    failed = []
+    assert mv.frames_to_video(frames, tmp_path / "out.mp4", 25, failed=failed) == 2
+    assert describe(tmp_path / "out.mp4")["frames"] == 2
+    assert len(failed) == 2 and "1.png" in failed[0] and "one size" in failed[0] and "2.png" in failed[1]
+    assert all("\n" not in line and "Traceback" not in line for line in failed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,9 +511,8 @@ def test_stale_temporary_video_of_a_killed_run_is_removed(tmp_path):
 
 def test_sigterm_and_ctrl_c_leave_no_temporary_file(tmp_path, weights):
     import signal
-    import time
 
-    src = make_clip(tmp_path / "long.mp4", 160, 120, frames=240, audio=False)
+    src = make_clip(tmp_path / "long.mp4", 160, 120, frames=24, audio=False)
     for sig in (signal.SIGTERM, signal.SIGINT):
         proc = subprocess.Popen(
             [
@@ -524,12 +529,11 @@ def test_sigterm_and_ctrl_c_leave_no_temporary_file(tmp_path, weights):
             ],
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, PAUSE_VARIABLE: "5"},  # the script waits for the signal after 5 frames
         )
-        deadline = time.monotonic() + 120
-        while not any(p.name.startswith(".sgz-") for p in tmp_path.iterdir()):  # writing has begun
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
+        said = wait_until_paused(proc)
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".sgz-")], said  # mid-write
         proc.send_signal(sig)
-        err = proc.communicate(timeout=60)[1]
+        err = said + proc.communicate(timeout=60)[1]
         assert proc.returncode == 130 and err.rstrip().endswith("interrupted") and "Traceback" not in err, err
         assert leftovers(tmp_path) == ["long.mp4"]
