@@ -67,13 +67,17 @@ def make_decode():
     from runtime import UserError
 
     def decode(data):
-        """Any bytes -> an image array or a UserError; strict (the default), then as --allow_corrupt."""
-        for strict in (True, False):
+        """Any bytes -> an image array (and its other frames) or a UserError: as test.py reads (strict, every
+        frame), then as the demo and --allow_corrupt do (the first frame, not strict)."""
+        for strict, all_frames in ((True, True), (False, False)):
             try:
-                image, info = decode_image(data, "fuzz.bin", FUZZ_MAX_PIXELS, strict=strict)
+                image, info = decode_image(data, "fuzz.bin", FUZZ_MAX_PIXELS, strict=strict, all_frames=all_frames)
             except UserError:
                 continue
             check_decoded(image)
+            for frame in info.get("animation", {}).get("frames", []):
+                check_decoded(frame)
+                check(frame.shape == image.shape and frame.dtype == image.dtype, "frames of different layouts")
             check(info["orientation"] in range(1, 9), f"orientation {info['orientation']!r}")
             check(all(isinstance(v, bytes) for v in info["metadata"].values()), "metadata values not bytes")
 
