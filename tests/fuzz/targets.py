@@ -149,7 +149,8 @@ def make_demo():
     from image_io import decode_image
     from option import get_demo_parser
 
-    no_samples = tempfile.mkdtemp(prefix="sgz-fuzz-")
+    folder = tempfile.TemporaryDirectory(prefix="sgz-fuzz-")  # removed with the target
+    no_samples = folder.name
     argv = ["--weight_dir", str(WEIGHTS), "--device", "cpu", "--samples_dir", no_samples]
     argv += ["--max_mpix", "2", "--max_upload_mb", "1", "--scale_factor", "4"]  # an enhancement takes < 1 s
     app = create_app(get_demo_parser().parse_args(argv))
@@ -168,6 +169,7 @@ def make_demo():
         text = body.decode("utf-8", "replace")
         check(not any(secret in text for secret in secrets), f"the answer shows a path: {text}")
 
+    demo.folder = folder
     return demo
 
 
@@ -176,7 +178,8 @@ def make_checkpoint():
     import train_utils
     from runtime import UserError
 
-    path = Path(tempfile.mkdtemp(prefix="sgz-fuzz-")) / "fuzz.pth"
+    folder = tempfile.TemporaryDirectory(prefix="sgz-fuzz-")  # removed with the target
+    path = Path(folder.name) / "fuzz.pth"
 
     def checkpoint(data):
         """Bytes as a weights file and as --resume's last.pth: a network, a training checkpoint, or a UserError."""
@@ -186,6 +189,7 @@ def make_checkpoint():
         with contextlib.suppress(UserError):
             train_utils.load_run_checkpoint(path)
 
+    checkpoint.folder = folder
     return checkpoint
 
 
