@@ -23,6 +23,7 @@ def test_the_corpus_has_seeds_of_every_kind_and_the_known_crashers():
     suffixes = {p.suffix for p in targets.SEEDS.iterdir()}
     assert {".jpg", ".png", ".tif", ".bmp", ".webp", ".gif", ".heic", ".avif", ".pth"} <= suffixes
     assert sum(p.stat().st_size for p in targets.SEEDS.iterdir()) < 300_000
+    assert all("." in p.name for p in targets.SEEDS.iterdir()), "libFuzzer's inputs (named by hash) in the seeds"
     for name in ("tiff_text_tile_width.tif", "jpeg_junk_before_sof.jpg", "bmp_4x2000000.bmp"):
         assert all((targets.REGRESSIONS / t / name).is_file() for t in ("decode", "header", "demo")), name
 

@@ -123,15 +123,17 @@ def make_metadata():
     from image_io import decode_image, encode_image
     from runtime import UserError
 
-    pixels = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    rgb = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
 
     def metadata(data):
         """The metadata of a decoded input, spliced into every format that carries it: the result must be
         a file that decodes again, with the ICC profile where the format keeps it."""
         try:
-            carried = decode_image(data, "fuzz.bin", FUZZ_MAX_PIXELS)[1]["metadata"]
+            image, info = decode_image(data, "fuzz.bin", FUZZ_MAX_PIXELS)
         except UserError:
             return
+        carried = info["metadata"]
+        pixels = rgb[..., 0] if image.ndim == 2 else rgb  # the profile carried describes pixels of this kind
         for ext in (".jpg", ".png", ".webp", ".tif"):
             encoded = encode_image(pixels, ext, metadata=carried)
             try:
