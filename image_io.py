@@ -239,15 +239,16 @@ def carried_metadata(im, orientation):
 
 
 def png_chunks_fit(data):
-    """Whether a PNG is a whole chain of chunks, each within the file, up to its end chunk (IEND). OpenCV's
-    reader allocates a chunk's declared length before reading it: a 189-byte PNG whose last chunk claims
-    3.5 GB took 4 GB of memory, and a PNG cut short makes libpng print a message."""
+    """Whether a PNG is a whole chain of chunks, each within the file, up to its end chunk (IEND, empty).
+    OpenCV's reader allocates a chunk's declared length before reading it: a 189-byte PNG whose last chunk
+    claims 3.5 GB took 4 GB of memory, and so did one whose IEND held a byte (OpenCV read on past it); a PNG
+    cut short makes libpng print a message."""
     at = 8  # the signature
     while at + 12 <= len(data):  # length, type, ..., CRC
         length, kind = struct.unpack_from(">I4s", data, at)
         at += 12 + length
         if kind == b"IEND":
-            return at <= len(data)
+            return length == 0 and at <= len(data)
     return False
 
 

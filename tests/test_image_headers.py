@@ -162,6 +162,8 @@ def test_opencv_is_never_handed_a_png_whose_chunks_claim_more_than_the_file(monk
     """Fuzz-found: OpenCV allocated a chunk's declared length (3.5 GB) for a 189-byte PNG; Pillow reads what is."""
     forged = (FUZZ / "regressions" / "decode" / "png_chunk_claims_3gb.png").read_bytes()
     assert not image_io.png_chunks_fit(forged) and not image_io.png_chunks_fit(forged[:-12])
+    iend_with_a_byte = (FUZZ / "regressions" / "decode" / "png_iend_not_empty_then_4gb.png").read_bytes()
+    assert not image_io.png_chunks_fit(iend_with_a_byte)  # OpenCV read on past it, into a 4 GB chunk
     assert all(image_io.png_chunks_fit(p.read_bytes()) for p in IMAGE_SEEDS if p.suffix == ".png")
 
     def out_of_memory(*args, **kwargs):
