@@ -16,6 +16,7 @@ in memory whole: one op per step over the batch (optionally compiled), the same 
 """
 
 import contextlib
+import math
 import threading
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import model
+import validate
 from model import NUM_CURVE_STEPS
 from runtime import UserError
 
@@ -36,6 +38,13 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as OpenCV and Pillow turn RGB into
 # the 20 ops per element run 6-8x faster than over whole images; on a GPU bands only bound the memory
 # (128 MB of buffers for each image in flight).
 BAND_ELEMENTS = {"cpu": 1 << 16, "other": 1 << 23}
+# The network's activations take about 1.5 KB a pixel of the copy it runs on (32-64 float channels, several
+# layers alive at once): 16 GB for a 12-megapixel photo at --scale_factor 1. Copies above TILE_PIXELS run in
+# overlapping tiles of about this many pixels (~0.4 GB of activations each), which give the same map.
+TILE_PIXELS = 1 << 18
+# Each output pixel of the net depends on the input within this distance: 7 layers of 3x3 convolutions
+# along its longest path (e_conv1-4, 5, 6, 7; the 1x1 pointwise convs and the skip concatenations add none).
+RECEPTIVE_RADIUS = 7
 
 
 def source_indices(in_size, out_size, align_corners, device="cpu"):
@@ -54,6 +63,8 @@ def source_indices(in_size, out_size, align_corners, device="cpu"):
 def resize_axis(x, dim, size, align_corners):
     """Bilinear resize of one axis of x to `size` (float result; integer inputs are converted after the
     gather, so a 1/12 copy converts 1/6 of the rows)."""
+    if size == x.shape[dim]:  # the identity (weights 0): no gathered copies of a full-size image
+        return x.float()
     i0, i1, weight = source_indices(x.shape[dim], size, align_corners, x.device)
     shape = [1] * x.dim()
     shape[dim] = size
@@ -219,6 +230,36 @@ def zero_negligible_weights_(net):
         weight.masked_fill_(weight.abs() < NEGLIGIBLE_WEIGHT, 0)
 
 
+def tiles(size, core):
+    """(start, stop) of the tiles along one axis: `core` positions each, the last one shorter."""
+    return [(start, min(start + core, size)) for start in range(0, size, core)]
+
+
+def curve_map_tiled(net, x, tile_pixels=None):
+    """net.curve_map_small(x) for x (1, 3, h, w), the 1/s copy, in overlapping tiles when x has more than `tile_pixels`
+    pixels (default TILE_PIXELS), so the memory stays that of one tile however large x is. Exact: each tile
+    is run with RECEPTIVE_RADIUS pixels of real context on every side that is not the image's border (where
+    the network's own zero padding applies, as in one whole run), and only its centre is kept, which no
+    padding of the tile reaches. Equal to the whole run up to float summation order (convolution kernels
+    may sum in another order for another size)."""
+    tile_pixels = TILE_PIXELS if tile_pixels is None else tile_pixels
+    h, w = x.shape[-2:]
+    if h * w <= tile_pixels:
+        return net.curve_map_small(x)
+    halo = RECEPTIVE_RADIUS
+    core = max(halo, math.isqrt(tile_pixels) - 2 * halo)
+    out = None
+    for top, bottom in tiles(h, core):
+        for left, right in tiles(w, core):
+            t0, l0 = max(0, top - halo), max(0, left - halo)
+            tile = x[..., t0 : min(h, bottom + halo), l0 : min(w, right + halo)]
+            result = net.curve_map_small(tile.contiguous(memory_format=torch.channels_last))
+            if out is None:
+                out = result.new_empty(1, result.shape[1], h, w)
+            out[..., top:bottom, left:right] = result[..., top - t0 : bottom - t0, left - l0 : right - l0]
+    return out
+
+
 def check_image_array(image):
     if not (
         isinstance(image, np.ndarray)
@@ -236,9 +277,11 @@ class Enhancer:
     Loads the weights once; one instance serves every scale factor and thread."""
 
     def __init__(self, weights="weight/sgz.pth", scale_factor=12, device="auto", precision="fp32", conv_type=None):
-        if precision not in PRECISIONS:
-            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.device = model.get_device(device) if isinstance(device, str) else torch.device(device)
+        validate.one_of(precision, list(PRECISIONS), "precision")
+        scale_factor = validate.positive_int(scale_factor, "scale_factor")
+        self.device = (
+            model.get_device(validate.device(device, "device")) if isinstance(device, str) else torch.device(device)
+        )
         if precision == "fp16" and self.device.type == "cpu":
             raise UserError("--precision fp16 needs a GPU; on a CPU use bf16")
         self.scale_factor, self.precision = scale_factor, precision
@@ -269,7 +312,7 @@ class Enhancer:
         small = resize_axis(resize_axis(rgb, 0, h, align_corners=False), 1, w, align_corners=False).div_(full_scale)
         x = small.expand(h, w, 3).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            curve_map = self.net.curve_map_small(x).float()  # (1, 3, h, w)
+            curve_map = curve_map_tiled(self.net, x).float()  # (1, 3, h, w)
         if not torch.isfinite(curve_map).all():  # the network's only output, checked where it is small
             raise UserError(NOT_FINITE)
         if strength != 1:
@@ -296,6 +339,10 @@ class Enhancer:
         map_filter: optional callable applied to the low-resolution curve map, a float tensor
         (1, 3, h, w), before it is resized to full resolution (e.g. temporal smoothing of video frames)."""
         check_image_array(image)
+        scale_factor = (
+            self.scale_factor if scale_factor is None else validate.positive_int(scale_factor, "scale_factor")
+        )
+        strength = validate.non_negative_float(strength, "strength")
         full_scale = float(np.iinfo(image.dtype).max)
         out = np.empty_like(image)
         if image.ndim == 3 and image.shape[2] == 4:
@@ -307,7 +354,7 @@ class Enhancer:
         if pixels.dtype == torch.uint16 and self.device.type != "cpu":
             pixels = pixels.int()  # uint16 has few kernels off the CPU
         curve_rows = self.curve_map_rows(
-            pixels.to(self.device), full_scale, scale_factor or self.scale_factor, strength, map_filter
+            pixels.to(self.device), full_scale, scale_factor, strength, map_filter
         )  # (h, W, 3)
         if self.device.type == "cpu":
             apply_curve_cpu(rgb, curve_rows.numpy(), out_rgb, full_scale, self.band_elements)

@@ -40,7 +40,15 @@ import niqe
 from image_io import IMAGE_EXTENSIONS, find_images, read_image, write_image
 from model import get_device
 from option import get_evaluate_parser
-from runtime import EXIT_SOME_INPUTS_FAILED, UserError, atomic_output, contained, run_script
+from runtime import (
+    EXIT_SOME_INPUTS_FAILED,
+    UserError,
+    atomic_output,
+    check_output_folder,
+    check_output_path,
+    contained,
+    run_script,
+)
 
 INPUT, GT = "input", "ground truth"
 METRICS = {  # name: (column title, better when higher?, definition written to summary.json)
@@ -346,7 +354,9 @@ def evaluate(args, failed=None):
     """Score every matched image, write the tables (and pictures) to --out_dir; returns the summary. The
     line of each image that could not be scored is appended to `failed`."""
     folders = source_folders(args)
-    out_dir = Path(args.out_dir)
+    out_dir = check_output_folder(Path(args.out_dir))
+    for name in ("per_image.csv", "summary.md", "summary.json", "brightness_histogram.png"):
+        check_output_path(out_dir / name)  # before any image is scored
     check_out_dir(out_dir, folders)
     keys, indexes = match_images(folders)
     compute_niqe = args.niqe and niqe_available()

@@ -131,6 +131,7 @@ def main(args):
         raise UserError(
             f"--output {output} is a folder; give the path of the .onnx file to write, e.g. {output / 'sgz.onnx'}"
         )
+    runtime.check_output_path(output)  # a device, FIFO or socket: refused before the network loads
     net = model.load_enhance_net(args.weight_dir, scale_factor=args.scale_factor).eval()
     export_onnx(net, output, args.opset, args.fp16, args.fixed_size)
     size = args.fixed_size or CHECK_SIZE

@@ -8,6 +8,7 @@ enhanced, curve_map = net(image)                                      # image (N
 from pathlib import Path
 
 import model
+import validate
 
 dependencies = ["torch"]
 
@@ -21,6 +22,7 @@ def sgz(pretrained=True, scale_factor=12, weights=None):
     scale_factor: the curve map is computed on a 1/s copy of the image and resized back (12 as test.py).
     weights: the path of any checkpoint to load instead (ours, or the paper's Epoch99.pth); its layer
     type is read from the file."""
+    scale_factor = validate.positive_int(scale_factor, "scale_factor")
     if weights is None and pretrained:
         weights = SHIPPED_WEIGHTS
     if weights is None:

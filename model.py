@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import validate
 from runtime import UserError, socket_timeout
 
 NUM_FEATURES = 32
@@ -108,7 +109,7 @@ class EnhanceNet(nn.Module):
             raise ValueError(f"conv_type must be one of {sorted(CONV_TYPES)}, got {conv_type!r}")
         conv = CONV_TYPES[conv_type]
         f = NUM_FEATURES
-        self.scale_factor = scale_factor
+        self.scale_factor = validate.positive_int(scale_factor, "scale_factor")
         self.conv_type = conv_type
         self.e_conv1 = conv(3, f)
         self.e_conv2 = conv(f, f)
@@ -180,9 +181,18 @@ def infer_conv_type(state_dict):
 
 
 def load_enhance_net(weights, scale_factor=1, device="cpu", conv_type=None):
-    """Build an EnhanceNet from a weights file (official or ours, or our last.pth); conv_type is read from
-    the keys unless given. Raises UserError with a one-line message naming the file."""
+    """Build an EnhanceNet from a weights file (official or ours, or our last.pth); conv_type is read from the keys
+    unless given. Raises UserError with a one-line message naming the file."""
     state_dict = _state_dict_from_file(weights)
+    # Integer weights load without complaint (load_state_dict converts them) and, rounded to whole
+    # numbers, enhance nothing: a network's weights are floating point.
+    not_float = [(k, v.dtype) for k, v in state_dict.items() if not (v.is_floating_point() or v.numel() == 0)]
+    if not_float:
+        key, dtype = not_float[0]
+        raise UserError(
+            f"{weights} holds integer weights ({key} is {str(dtype).replace('torch.', '')}), not a trained network's "
+            "floating-point ones; give another weights file"
+        )
     conv_type = conv_type or infer_conv_type(state_dict)
     net = EnhanceNet(scale_factor=scale_factor, conv_type=conv_type)
     try:

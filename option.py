@@ -5,7 +5,54 @@ work), with booleans that mean what they say and paths that need no trailing sla
 """
 
 import argparse
-import math
+
+import validate
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one line for a bad command line: `prog: error: what (see --help)`, exit 2. argparse's own
+    error prints the whole usage first, which for these scripts runs to a dozen lines before the one that
+    matters."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def checked(validator, **bounds):
+    """An argparse `type=` over a validator of validate.py: the same check and wording as the Python APIs,
+    reported by argparse as `argument --flag: expected ..., got '...'`."""
+
+    def convert(text):
+        try:
+            return validator(text, **bounds)
+        except validate.InvalidValue as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = validator.__name__
+    return convert
+
+
+positive_int = checked(validate.positive_int)
+non_negative_int = checked(validate.non_negative_int)
+positive_finite = checked(validate.positive_float)
+non_negative_finite = checked(validate.non_negative_float)
+unit_interval = checked(validate.unit_interval)
+quality = checked(validate.quality)
+port = checked(validate.port)
+seed = checked(validate.seed)
+device = checked(validate.device)
+path = checked(validate.path_text)
+host = checked(validate.host)
+host_list = checked(validate.host_list)
+label = checked(validate.label)
+image_side = checked(validate.integer, low=16, high=16384)  # 16: the exposure loss pools 16x16 patches
+crf = checked(validate.integer, low=0, high=51)
+temporal_smoothing = checked(validate.real, low=0, high=1, high_open=True)
+
+
+def optional_path(text):
+    """A path, or '' for the default."""
+    return text if text == "" else path(text)
 
 
 def str2bool(value):
@@ -18,20 +65,6 @@ def str2bool(value):
     if v in ("false", "f", "no", "n", "0", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
-
-
-def positive_int(value):
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
-
-
-def non_negative_int(value):
-    n = int(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {value!r}")
-    return n
 
 
 def add_bool(parser, name, default, help):
@@ -56,11 +89,13 @@ def add_model_args(parser, scale_factor):
         help="dsc: depthwise-separable convs (the paper); tc: plain 3x3 convs (ablation). "
         "When loading weights the type is read from the file.",
     )
-    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    g.add_argument(
+        "--device", type=device, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"
+    )
     return g
 
 
-class TrainParser(argparse.ArgumentParser):
+class TrainParser(Parser):
     """The training parser also records which flags the command line gave (`args.given`, a set of names),
     so `--resume` can tell a saved setting the user overrides from a default nobody asked for."""
 
@@ -78,10 +113,10 @@ def workers(value):
     """'auto' or a number of worker processes (0: load in the main process)."""
     if value == "auto":
         return value
-    n = int(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected auto or a number >= 0, got {value!r}")
-    return n
+    try:
+        return validate.integer(value, low=0)
+    except validate.InvalidValue:
+        raise argparse.ArgumentTypeError(f"expected auto or 0 or a positive integer, got {value!r}") from None
 
 
 def get_train_parser():
@@ -93,11 +128,15 @@ def get_train_parser():
     g = p.add_argument_group("data")
     g.add_argument(
         "--lowlight_images_path",
+        type=path,
         default="data/train_data",
         help="folder of training images, searched recursively (jpg, png, bmp, tif, webp)",
     )
     g.add_argument(
-        "--image_size", type=positive_int, default=512, help="training images are resized to this square size (Lanczos)"
+        "--image_size",
+        type=image_side,
+        default=512,
+        help="training images are resized to this square size (Lanczos), 16 to 16384",
     )
     g.add_argument(
         "--num_workers",
@@ -106,35 +145,52 @@ def get_train_parser():
         help="data-loading worker processes; auto = CPU cores - 1, at most 4 (more than the cores are lowered)",
     )
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    g.add_argument("--weight_decay", type=float, default=1e-4, help="Adam weight decay")
-    g.add_argument("--grad_clip_norm", type=float, default=0.1, help="clip the gradient's global norm to this")
+    g.add_argument("--lr", type=positive_finite, default=1e-4, help="Adam learning rate")
+    g.add_argument("--weight_decay", type=non_negative_finite, default=1e-4, help="Adam weight decay")
+    g.add_argument(
+        "--grad_clip_norm", type=positive_finite, default=0.1, help="clip the gradient's global norm to this"
+    )
     g.add_argument(
         "--num_epochs", type=positive_int, default=100, help="epochs to train (in total, counting resumed ones)"
     )
     g.add_argument(
         "--train_batch_size", type=positive_int, default=6, help="images per step (per process under torchrun)"
     )
-    g.add_argument("--seed", type=int, default=1143, help="seed for shuffling and initialisation")
+    g.add_argument("--seed", type=seed, default=1143, help="seed for shuffling and initialisation")
     g.add_argument(
-        "--max_steps", type=int, default=0, help="stop (with a checkpoint) after this many steps in total; 0 = no limit"
+        "--max_steps",
+        type=non_negative_int,
+        default=0,
+        help="stop (with a checkpoint) after this many steps in total; 0 = no limit",
     )
     add_bool(g, "amp", False, "mixed precision: bfloat16 autocast on CPU, fp16 (with loss scaling) or bf16 on CUDA")
     g = p.add_argument_group("loss (the paper's weights by default)")
-    g.add_argument("--tv_weight", type=float, default=1600.0, help="illumination smoothness (TV of the curve map)")
-    g.add_argument("--spa_weight", type=float, default=1.0, help="8-neighbour spatial consistency")
-    g.add_argument("--color_weight", type=float, default=5.0, help="colour constancy")
-    g.add_argument("--exp_weight", type=float, default=10.0, help="exposure control")
-    g.add_argument("--seg_weight", type=float, default=0.1, help="semantic (focal) loss; 0 skips the segmentation net")
     g.add_argument(
-        "--patch_size", type=int, default=4, choices=[3, 4, 5], help="pooling patch of the spatial consistency loss"
+        "--tv_weight", type=non_negative_finite, default=1600.0, help="illumination smoothness (TV of the curve map)"
     )
-    g.add_argument("--exp_level", type=float, default=0.6, help="well-exposedness level E of the exposure loss")
+    g.add_argument("--spa_weight", type=non_negative_finite, default=1.0, help="8-neighbour spatial consistency")
+    g.add_argument("--color_weight", type=non_negative_finite, default=5.0, help="colour constancy")
+    g.add_argument("--exp_weight", type=non_negative_finite, default=10.0, help="exposure control")
+    g.add_argument(
+        "--seg_weight",
+        type=non_negative_finite,
+        default=0.1,
+        help="semantic (focal) loss; 0 skips the segmentation net",
+    )
+    g.add_argument(
+        "--patch_size",
+        type=checked(validate.integer),
+        default=4,
+        choices=[3, 4, 5],
+        help="pooling patch of the spatial consistency loss",
+    )
+    g.add_argument("--exp_level", type=unit_interval, default=0.6, help="well-exposedness level E of the exposure loss")
     g.add_argument(
         "--num_of_SegClass", type=positive_int, default=21, help="classes of the segmentation head (VOC = 21)"
     )
     g.add_argument(
         "--seg_backbone",
+        type=path,
         default="imagenet",
         help="segmentation backbone weights: imagenet (torchvision's, from its cache or downloaded), "
         "random, or the path of a local ResNet-50 state_dict",
@@ -150,6 +206,7 @@ def get_train_parser():
     g = p.add_argument_group("run folder, checkpoints and logging")
     g.add_argument(
         "--snapshots_folder",
+        type=optional_path,
         default="",
         help="the run's folder: EpochN.pth, last.pth, args.json, train.log, loss_log.csv, loss_plot.png "
         "(default: runs/DATE-TIME, or the folder of the --resume file)",
@@ -161,9 +218,12 @@ def get_train_parser():
         "start a new run in a --snapshots_folder that holds one, deleting its checkpoints and log",
     )
     add_bool(g, "load_pretrain", False, "start from the weights in --pretrain_dir")
-    g.add_argument("--pretrain_dir", default="weight/Epoch99.pth", help="weights to start from with --load_pretrain")
+    g.add_argument(
+        "--pretrain_dir", type=path, default="weight/Epoch99.pth", help="weights to start from with --load_pretrain"
+    )
     g.add_argument(
         "--resume",
+        type=optional_path,
         default="",
         help="continue a run from its last.pth, with its saved settings (flags given "
         "with it override them where a run can change them)",
@@ -187,7 +247,7 @@ def add_inference_args(
 ):
     """Flags every script that enhances with trained weights shares: weights, precision and the network's."""
     parser.add_argument(
-        "--weight_dir", default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)"
+        "--weight_dir", type=path, default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)"
     )
     g = add_model_args(parser, scale_factor=12)
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help=precision_help)
@@ -195,11 +255,13 @@ def add_inference_args(
 
 
 def get_test_parser():
-    p = argparse.ArgumentParser(
-        description="Enhance low-light images with SGZ.", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    p = Parser(description="Enhance low-light images with SGZ.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument(
+        "--input_dir", type=path, default="data/test_data", help="an image, or a folder searched recursively"
     )
-    p.add_argument("--input_dir", default="data/test_data", help="an image, or a folder searched recursively")
-    p.add_argument("--test_dir", default="test_output", help="output folder; the input tree is mirrored under it")
+    p.add_argument(
+        "--test_dir", type=path, default="test_output", help="output folder; the input tree is mirrored under it"
+    )
     add_inference_args(
         p,
         precision_help="fp32: exact. bf16: the network under bfloat16 autocast (the curve stays fp32; "
@@ -243,30 +305,11 @@ def get_test_parser():
     return p
 
 
-def positive_finite(value):
-    """A number > 0 that is not nan or inf (float() takes both, and nan compares false with any limit)."""
-    x = float(value)
-    if not (math.isfinite(x) and x > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
-    return x
-
-
-def quality(value):
-    q = int(value)
-    if not 1 <= q <= 100:
-        raise argparse.ArgumentTypeError(f"expected a quality from 1 to 100, got {value!r}")
-    return q
-
-
-def temporal_smoothing(value):
-    a = float(value)
-    if not 0.0 <= a < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a weight in [0, 1), got {value!r}")
-    return a
+X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 
 
 def get_video_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="Enhance a low-light video with SGZ: frames stream from the decoder through the "
         "network to the encoder, sound and timing kept. --choice V2I | I2V split a "
         "video into numbered frames or join frames into a video (the official workflow).",
@@ -281,23 +324,26 @@ def get_video_parser():
     )
     p.add_argument(
         "--video_path",
+        type=path,
         default="demo/Movie/Ari.mp4",
         help="input video (enhance, V2I); for I2V the video whose frame rate the joined video takes",
     )
     p.add_argument(
         "--save_path",
+        type=optional_path,
         default="",
         help="output video; default INPUT_enhanced.mp4 beside the input (enhance) or IMAGE_FOLDER.mp4 (I2V)",
     )
     p.add_argument(
         "--image_lowlight_folder",
+        type=path,
         default="data/test_data/Frames",
         help="V2I: folder for the frames (0.jpg, 1.jpg, ...) or a printf pattern such as frames/%%05d.png",
     )
-    p.add_argument("--image_folder", default="data/test_output/Frames", help="I2V: folder of frames to join")
+    p.add_argument("--image_folder", type=path, default="data/test_output/Frames", help="I2V: folder of frames to join")
     p.add_argument(
         "--fps",
-        type=float,
+        type=positive_finite,
         default=None,
         help="I2V: frame rate of the joined video (default: that of --video_path if it exists, else 30)",
     )
@@ -313,46 +359,58 @@ def get_video_parser():
     )
     p.add_argument(
         "--crf",
-        type=int,
+        type=crf,
         default=18,
         help="H.264 quality (libx264 constant rate factor; lower is better, 18 ~ visually lossless)",
     )
-    p.add_argument("--preset", default="medium", help="libx264 speed/size preset (ultrafast ... veryslow)")
+    p.add_argument(
+        "--preset",
+        default="medium",
+        choices=X264_PRESETS,
+        metavar="{ultrafast..veryslow}",
+        help="libx264/libx265 speed/size preset (.webm: the VP9 speed that matches it)",
+    )
     add_inference_args(p)
     return p
 
 
 def get_demo_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="Serve a web page where anyone tries SGZ on their own photo: upload (or pick a "
         "sample), compare before/after, download the result. Local and offline.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens the page to your network")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on; 0 picks a free one")
+    p.add_argument(
+        "--host", type=host, default="127.0.0.1", help="address to listen on; 0.0.0.0 opens the page to your network"
+    )
+    p.add_argument("--port", type=port, default=7860, help="port to listen on; 0 picks a free one")
     p.add_argument(
         "--allowed_hosts",
+        type=host_list,
         default="",
         help="comma-separated host names the server answers to when not bound to loopback (`*`: any), besides "
         "localhost and IP addresses; other Host headers are refused (against DNS rebinding)",
     )
     p.add_argument(
         "--samples_dir",
+        type=path,
         default="data/test_data",
         help="the first images of this folder (if it exists) are offered as samples beside the built-in ones",
     )
     g = p.add_argument_group("limits (protect the server's memory)")
-    g.add_argument("--max_upload_mb", type=float, default=40.0, help="largest upload in megabytes")
-    g.add_argument("--max_mpix", type=float, default=40.0, help="largest image in megapixels (read from the header)")
+    g.add_argument("--max_upload_mb", type=positive_finite, default=40.0, help="largest upload in megabytes")
+    g.add_argument(
+        "--max_mpix", type=positive_finite, default=40.0, help="largest image in megapixels (read from the header)"
+    )
     g.add_argument(
         "--max_network_megapixels",
-        type=float,
+        type=positive_finite,
         default=1.0,
         help="largest copy the network may run on (H*W/s^2 megapixels): scale factors that need more are refused",
     )
     g.add_argument(
         "--max_busy_mb",
-        type=float,
+        type=positive_finite,
         default=400.0,
         help="decoded photos (4 samples a pixel, 16-bit ones 2 bytes a sample; a TIFF's tile too) worked on at "
         "once, all visitors together, in MB; the server's memory peaks at about 3x this above its idle size",
@@ -374,7 +432,7 @@ def get_demo_parser():
 
 
 def get_evaluate_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="Quality numbers (PSNR, SSIM, LPIPS, NIQE, brightness) and comparison pictures "
         "for enhanced images. Files are matched across folders by their path without "
         "extension (DICM/01.jpg <-> DICM/01.png).",
@@ -382,6 +440,7 @@ def get_evaluate_parser():
     )
     p.add_argument(
         "--pred_dir",
+        type=path,
         nargs="+",
         required=True,
         metavar="DIR",
@@ -390,20 +449,28 @@ def get_evaluate_parser():
     )
     p.add_argument(
         "--labels",
+        type=label,
         nargs="+",
         metavar="NAME",
         help="a name per --pred_dir for tables and pictures (default: the folder names)",
     )
     p.add_argument(
-        "--gt_dir", metavar="DIR", help="ground truth: adds PSNR, SSIM (and LPIPS) of every other folder against it"
+        "--gt_dir",
+        type=path,
+        metavar="DIR",
+        help="ground truth: adds PSNR, SSIM (and LPIPS) of every other folder against it",
     )
     p.add_argument(
         "--input_dir",
+        type=path,
         metavar="DIR",
         help="the low-light inputs: scored as a baseline row, first column of the grids, 'before' of the histogram",
     )
     p.add_argument(
-        "--out_dir", default="eval_output", help="where per_image.csv, summary.md, summary.json and the pictures go"
+        "--out_dir",
+        type=path,
+        default="eval_output",
+        help="where per_image.csv, summary.md, summary.json and the pictures go",
     )
     add_bool(
         p,
@@ -432,9 +499,17 @@ def get_evaluate_parser():
         "write side-by-side comparison images (input | methods | ground truth) to OUT_DIR/grid "
         "and a brightness histogram plot to OUT_DIR/brightness_histogram.png",
     )
-    p.add_argument("--grid_height", type=positive_int, default=360, help="height of each picture in the grids, pixels")
     p.add_argument(
-        "--device", default="auto", help="for LPIPS: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"
+        "--grid_height",
+        type=checked(validate.integer, low=8, high=4096),
+        default=360,
+        help="height of each picture in the grids, pixels",
+    )
+    p.add_argument(
+        "--device",
+        type=device,
+        default="auto",
+        help="for LPIPS: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps",
     )
     return p
 
@@ -442,21 +517,25 @@ def get_evaluate_parser():
 def height_x_width(value):
     """'1080x1920' -> (1080, 1920)."""
     try:
-        h, w = (positive_int(n) for n in value.lower().split("x"))
-    except (ValueError, argparse.ArgumentTypeError):
+        h, w = (validate.integer(n, low=1, high=65535) for n in value.lower().split("x"))
+    except ValueError:
         raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH in pixels such as 1080x1920, got {value!r}") from None
     return h, w
 
 
 def get_export_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="Export the whole enhancement (the 1/s copy, the network, the map resized back, "
         "the 8-step curve) as one ONNX graph: input `image` float32 (N, 3, H, W) RGB in "
         "[0, 1], output `enhanced` of the same shape.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--weight_dir", default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)")
-    p.add_argument("--output", default="sgz.onnx", help="the .onnx file to write (replaced atomically if it exists)")
+    p.add_argument(
+        "--weight_dir", type=path, default="weight/sgz.pth", help="weights file (ours or the official Epoch99.pth)"
+    )
+    p.add_argument(
+        "--output", type=path, default="sgz.onnx", help="the .onnx file to write (replaced atomically if it exists)"
+    )
     p.add_argument(
         "--scale_factor",
         type=positive_int,
@@ -465,7 +544,7 @@ def get_export_parser():
     )
     p.add_argument(
         "--opset",
-        type=int,
+        type=checked(validate.integer),
         default=17,
         choices=range(11, 21),
         metavar="{11..20}",

@@ -23,10 +23,13 @@ needs them), so every module can stand on it and nothing here imports a module o
 """
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 import signal
 import socket
+import stat
 import sys
 import threading
 import traceback
@@ -253,17 +256,101 @@ def remove_stale_temporaries(folders):
     return removed
 
 
-@contextlib.contextmanager
-def atomic_output(path):
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step, on failure (an
-    error, Ctrl-C, SIGTERM turned into an exception) it is removed. A reader never sees a half-written
-    file and an old file survives a crash. The temporary name is short (see temporary_name), so any name
-    the file system takes works, and recognisable, so remove_stale_temporaries clears what SIGKILL left."""
+# Where a file is written: a regular file or nothing. Anything else (a device such as /dev/full, a FIFO, a
+# socket, a folder) would be replaced by the rename (as root, /dev/full became a 56 KB file) or block the writer.
+KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+}
+# Errors of a write that are the machine's state, not a bug: a full disk or quota, a file size limit, a
+# read-only or failing disk. They become one line naming the file.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
+def output_target(path):
+    """The file a write to `path` replaces, after the symlink policy: `path` itself, or for a symbolic link
+    its final target. Raises UserError for what may not be written over (see check_output_path)."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as e:  # a file where a folder should be, a name too long, no permission to look
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    if stat.S_ISLNK(st.st_mode):
+        target = Path(os.path.realpath(path))
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            raise UserError(
+                f"cannot write {path}: it is a symbolic link to nothing ({os.readlink(path)}); "
+                "remove the link or give another output path"
+            ) from None
+        except OSError as e:  # a loop of links
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        if stat.S_ISREG(st.st_mode):
+            return target
+        path = target
+    if not stat.S_ISREG(st.st_mode):
+        kind = KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise UserError(f"cannot write {path}: it is {kind}; give the path of a new or regular file")
+    return path
+
+
+def check_output_path(path):
+    """Refuse, before any work, an output path that is not a regular file or nothing: a device node, a FIFO,
+    a socket or a folder (UserError, one line; the thing itself is left untouched). Scripts call it as
+    soon as they know their output, before loading the network or decoding; atomic_output checks again
+    (the path may have changed since). Returns the file that will be written (see atomic_output's symlink
+    policy)."""
+    return output_target(path)
+
+
+def check_output_folder(folder):
+    """Refuse, before any work, an output folder that is something else than a folder (or nothing yet):
+    a regular file, a device, a FIFO, a socket, or a link to one. One line, UserError."""
+    folder = Path(folder)
+    try:
+        st = os.stat(folder)  # through links: a link to a folder is a folder
+    except FileNotFoundError:
+        return folder
+    except OSError as e:
+        raise UserError(f"cannot write into the output folder {folder}: {e.strerror or e}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        kind = KINDS.get(stat.S_IFMT(st.st_mode), "a file")
+        raise UserError(f"cannot write into the output folder {folder}: it is {kind}; give a folder or a new path")
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """The one way this project writes a file. Yields a temporary path beside the destination; on success
+    the temporary file replaces the destination in one step (os.replace), on failure (an error, Ctrl-C,
+    SIGTERM turned into an exception) it is removed. A reader never sees a half-written file and an old
+    file survives a crash. The temporary name is short (see temporary_name), so any name the file system
+    takes works, and recognisable, so remove_stale_temporaries clears what SIGKILL left.
+
+    The destination must be a regular file or nothing: a folder, device node (/dev/full), FIFO or socket is
+    refused with one line (UserError) and left untouched; it is checked before the temporary file is made
+    and again just before the rename (it may have changed while the file was written).
+
+    Symlink policy: a symbolic link is followed, and its final target is written (the temporary file beside
+    the target, renamed over it), provided the target is a regular file; the link itself stays. This is what
+    a shell's `>` and `cp` do: a link such as `latest.onnx -> v3.onnx` keeps pointing where the user made it
+    point, instead of being silently turned into a regular file. A link to nothing (dangling) or to anything
+    but a regular file is refused: creating a file wherever a dangling link points (possibly outside the
+    folder the user named, the classic trap in shared folders) is not what anyone asks for by naming a link.
+
+    A full disk, a quota, a file size limit or a read-only disk while writing becomes one UserError naming
+    the file (OSError of those kinds raised inside the block)."""
+    target = output_target(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            tmp = temporary_name(path)
+            tmp = temporary_name(target)
             try:  # 0o666 less the umask: the mode of any new file (mkstemp's would be private, 0o600)
                 os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
                 break
@@ -272,9 +359,37 @@ def atomic_output(path):
     except OSError as e:  # a read-only or missing folder, a file where a folder should be: the user's to fix
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     try:
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            yield tmp
+        except OSError as e:
+            if e.errno in WRITE_ERRNOS:
+                raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+            raise
+        if output_target(path) != target:  # replaced by something else (or relinked) meanwhile
+            raise UserError(f"cannot write {path}: it changed while it was being written; try again")
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def save_torch(obj, path):
+    """torch.save through atomic_output. PyTorch reports a failed write (a full disk: "enforce fail at
+    inline_container.cc", "PytorchStreamWriter failed writing file") as a RuntimeError: it becomes one
+    UserError naming the file."""
+    import torch
+
+    with atomic_output(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
+                raise
+            free = shutil.disk_usage(Path(tmp).parent).free
+            why = (
+                "the disk is full"
+                if free < (1 << 20)
+                else "the write failed (a full disk, a quota or a file size limit?)"
+            )
+            raise UserError(f"cannot write {path}: {why}; free some space or choose another folder") from None

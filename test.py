@@ -29,6 +29,7 @@ from tqdm import tqdm
 import image_io
 import model
 import runtime
+import validate
 from enhance import Enhancer
 from option import get_test_parser
 from runtime import (
@@ -114,7 +115,9 @@ def check_output_folder(jobs, out_root):
     """Fail before computing anything when the outputs cannot be written: the folder cannot be made or
     written to, a name is longer than its file system allows, or the free space is short of an
     estimate of what will be written (estimated_output_bytes)."""
-    out_root = Path(out_root)
+    out_root = runtime.check_output_folder(out_root)
+    for _, dst in jobs:
+        runtime.check_output_path(dst)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
         probe = runtime.temporary_name(out_root / "probe")
@@ -158,6 +161,8 @@ class Tester:
         quality=95,
         allow_corrupt=False,
     ):
+        max_pixels = validate.positive_int(max_pixels, "max_pixels")
+        quality = validate.quality(quality, "quality")
         self.enhancer = Enhancer(weights, scale_factor, device, precision, conv_type)
         self.max_pixels, self.quality, self.allow_corrupt = max_pixels, quality, allow_corrupt
 

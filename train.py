@@ -42,6 +42,7 @@ from train_utils import (
     all_ranks_agree,
     any_rank,
     autocast_context,
+    check_run_folder,
     claim_run_folder,
     dataset_fingerprint,
     default_run_folder,
@@ -50,6 +51,8 @@ from train_utils import (
     ignore_interrupts,
     is_main_process,
     load_run_checkpoint,
+    missing_folders,
+    remove_folders,
     resumed_args,
     save_checkpoint,
     set_rng_state,
@@ -97,7 +100,7 @@ class Trainer:
     given) and holds its folder's lock until `close()`; use it as a context manager."""
 
     def __init__(self, args):
-        self.lock, self.run_log = None, RunLog()
+        self.lock, self.run_log, self.made_folders = None, RunLog(), []
         self.rank, self.world_size, self.device = setup_distributed(args.device)
         try:
             self.build(args)
@@ -105,6 +108,7 @@ class Trainer:
             if isinstance(e, UserError):
                 self.run_log.record(f"error: {e}")
             self.close()
+            remove_folders(self.made_folders)
             raise
 
     def build(self, args):
@@ -120,6 +124,7 @@ class Trainer:
         self.folder = Path(args.snapshots_folder or from_main_process(default_run_folder()))
         args.snapshots_folder = str(self.folder)
         if is_main_process():
+            self.made_folders = missing_folders(self.folder)
             self.lock = claim_run_folder(self.folder, args.resume, args.overwrite)
             self.run_log.open(self.folder)
             if ckpt:
@@ -344,6 +349,8 @@ class Trainer:
 
 def main(args):
     folder = args.snapshots_folder
+    if folder:
+        check_run_folder(Path(folder))
     try:
         with Trainer(args) as trainer:
             folder = trainer.folder

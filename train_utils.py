@@ -9,6 +9,8 @@ training run needs around its recipe, and nothing about the network or its loss.
 - the console: `Progress` (bar, loss log, plot, closing line), `RunLog`, `SkippedSteps`, `StopOnSignal`.
 """
 
+import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -31,7 +33,8 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from model import get_device
-from runtime import UserError, atomic_output, release_pause_points
+from option import get_train_parser
+from runtime import UserError, atomic_output, check_output_folder, check_output_path, release_pause_points, save_torch
 
 MAX_BAD_STEPS_IN_A_ROW = 5
 LOG_COLUMNS = ["epoch", "step", "total", "tv", "spa", "color", "exp", "seg", "grad_norm", "images_per_s"]
@@ -223,6 +226,19 @@ def load_run_checkpoint(path):
     return ckpt
 
 
+def check_saved_setting(name, value, path):
+    """A setting read from a checkpoint, checked as the flag would be on the command line (a checkpoint is an
+    input like any other: `lr: nan` in it must not train on NaN)."""
+    action = next((a for a in get_train_parser()._actions if a.dest == name), None)
+    if action is None or action.type is None or value is None:
+        return value
+    try:
+        action.type(str(value))
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise UserError(f"--resume {path} holds a bad --{name} setting: {e}; start a new run") from None
+    return value
+
+
 def resumed_args(args, ckpt):
     """The run's saved settings, overridden by the flags given on this command line. Returns
     (args, the overrides as one line). A setting the run cannot change is a UserError saying why."""
@@ -233,7 +249,7 @@ def resumed_args(args, ckpt):
             continue
         old = saved[name]
         if name not in args.given:
-            merged[name] = old
+            merged[name] = check_saved_setting(name, old, args.resume)
         elif value != old:
             if name in FIXED_ON_RESUME:
                 raise UserError(
@@ -256,9 +272,37 @@ def run_files(folder):
     return [p for p in named if p.exists()] + sorted(folder.glob("Epoch*.pth"))
 
 
+def check_run_folder(folder):
+    """The run folder is a folder (or nothing yet) and its files (checkpoints, logs, plot) are regular files
+    or nothing: refused with one line before anything is created or loaded."""
+    check_output_folder(folder)
+    for name in (LAST, LOG, PLOT, SETTINGS, TEXT_LOG):
+        check_output_path(folder / name)
+
+
+def missing_folders(folder):
+    """The folders that creating `folder` would make: itself and its missing parents, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_folders(folders):
+    """A run that fails while it is built (no images, bad weights) leaves no run folder holding only its lock
+    and log: the folders it made (innermost first) are removed again, if they hold nothing else."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            for name in (LOCK, TEXT_LOG):
+                (folder / name).unlink(missing_ok=True)
+            folder.rmdir()
+
+
 def claim_run_folder(folder, resume_from, overwrite):
     """Lock the run folder for this process (the lock goes with the process, even on SIGKILL) and make
     sure no other run's files get overwritten. Returns the held lock."""
+    check_run_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock = FileLock(folder / LOCK, timeout=0)
@@ -317,10 +361,8 @@ def save_checkpoint(folder, model_without_ddp, optimizer, scaler, position, args
         "dataset": fingerprint,
         "rng": rng_state(),
     }
-    with atomic_output(folder / LAST) as tmp:
-        torch.save(full, tmp)
-    with atomic_output(folder / position.weights_name) as tmp:
-        torch.save(weights, tmp)
+    save_torch(full, folder / LAST)
+    save_torch(weights, folder / position.weights_name)
     if position.batch_in_epoch == 0:
         (folder / f"Epoch{position.weights_epoch}_partial.pth").unlink(missing_ok=True)
 
@@ -341,12 +383,17 @@ class LossLog:
             writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+        # Rows are appended (flushed one by one) to the file atomic_output has just made, so a crash keeps
+        # every row logged before it.
         self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the whole run, closed by close())
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_COLUMNS, extrasaction="ignore")
 
     def write(self, **row):
-        self.writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-        self.file.flush()
+        try:
+            self.writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+            self.file.flush()
+        except OSError as e:  # a full disk: one line naming the log, as for the checkpoints
+            raise UserError(f"cannot write {self.file.name}: {e.strerror or e}") from None
 
     def close(self):
         self.file.close()

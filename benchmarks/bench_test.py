@@ -11,6 +11,7 @@ with CPU time and peak RSS. It also checks the outputs: fp32 against the straigh
 
     python benchmarks/bench_test.py                                   # ../shared/data/test_data/real, our weights
     python benchmarks/bench_test.py --repeat 3 --mpix100              # medians of 3; a 100-megapixel photo too
+    python benchmarks/bench_test.py --scale1_only                     # peak RSS of a 12 MP photo at --scale_factor 1
 
 Other processes on the machine make single timings noisy: use --repeat and read the ratios.
 """
@@ -48,6 +49,12 @@ def get_bench_parser():
     p.add_argument("--skip_check", action="store_true", help="do not compare outputs with the fp32 reference")
     p.add_argument("--no_bf16", action="store_true", help="leave out the --precision bf16 run")
     p.add_argument("--mpix100", action="store_true", help="also enhance one 100-megapixel photo (wall time, peak RSS)")
+    p.add_argument(
+        "--scale1_only",
+        action="store_true",
+        help="only enhance one 12-megapixel photo (4000x3000) at --scale_factor 1, the network on the whole image "
+        "(in tiles): wall time and peak RSS",
+    )
     return p
 
 
@@ -116,10 +123,22 @@ def max_differences(input_dir, dir_a, dir_b, weight_dir):
     return vs_reference, vs_other
 
 
-def make_100mpix_photo(source, path):
-    """A 12288 x 8192 dark photo (100.7 MPix) resized from a real one, written as PNG."""
+def make_100mpix_photo(source, path, size=(12288, 8192)):
+    """A 12288 x 8192 dark photo (100.7 MPix; or `size`, width x height) resized from a real one, as PNG."""
     image = cv2.imread(str(source), cv2.IMREAD_COLOR)
-    cv2.imwrite(str(path), cv2.resize(image, (12288, 8192), interpolation=cv2.INTER_CUBIC))
+    cv2.imwrite(str(path), cv2.resize(image, size, interpolation=cv2.INTER_CUBIC))
+
+
+def scale1_memory(source, tmp, weight_dir):
+    """Peak RSS of test.py on a 12-megapixel photo at --scale_factor 1 (without tiles: 16 GB)."""
+    photo = tmp / "mpix12" / "photo_12mpix.png"
+    photo.parent.mkdir()
+    make_100mpix_photo(source, photo, size=(4000, 3000))
+    run = run_test_py(
+        ["--input_dir", str(photo), "--test_dir", str(tmp / "mpix12_out"), "--weight_dir", weight_dir]
+        + ["--scale_factor", "1"]
+    )
+    print(f"12-MPix photo at --scale_factor 1: {run['wall']:.2f} s, peak RSS {run['rss']:.2f} GB")
 
 
 def median(runs, key):
@@ -135,6 +154,10 @@ def main(args):
         f"{len(files)} images, {megapixels:.1f} MPix from {args.input_dir}; {available_cpus()} CPUs; "
         f"torch {torch.__version__}; weights {args.weight_dir}"
     )
+    if args.scale1_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            scale1_memory(files[0], Path(tmp), args.weight_dir)
+        return
     precisions = ["fp32"] + ([] if args.no_bf16 else ["bf16"])
     results = {"parallel": [], "sequential": [], **{p: [] for p in precisions}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -123,9 +123,8 @@ class Stage:
 
     def record(self, **items):
         self.results.update(items)
-        tmp = self.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1, default=str))
-        os.replace(tmp, self.out)
+        with runtime.atomic_output(self.out) as tmp:
+            Path(tmp).write_text(json.dumps(self.results, indent=1, default=str))
 
     def attempt(self, key, fn, *args):
         """fn(*args) recorded under results[key] (a list): its result, or its error with the traceback."""

@@ -7,11 +7,15 @@ astronaut (NASA), coffee (Rachel Michetti), chelsea (Stefan van der Walt), rocke
 A photo is darkened as an underexposed one looks: intensities scaled and pushed down by a gamma, so
 shadows go darker than highlights.
 """
+import sys
 from pathlib import Path
 
 import numpy as np
 import skimage.data
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, from any working directory
+from runtime import atomic_output  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "test_data"
 SAMPLES = {  # file name -> skimage.data function; the extension picks the format
@@ -33,7 +37,8 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     for name, source in SAMPLES.items():
         image = Image.fromarray(darken(getattr(skimage.data, source)()))
-        image.save(OUT / name, **({"quality": 92} if name.endswith(".jpg") else {"optimize": True}))
+        with atomic_output(OUT / name) as tmp:
+            image.save(tmp, **({"quality": 92} if name.endswith(".jpg") else {"optimize": True}))
         print(f"{OUT / name}: {image.width}x{image.height} {image.mode}, {(OUT / name).stat().st_size // 1024} KB")
 
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's mo
 import av
 import cv2
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from enhance import Enhancer
@@ -42,6 +43,8 @@ from runtime import (
     UserError,
     atomic_output,
     available_cpus,
+    check_output_folder,
+    check_output_path,
     contained,
     exit_now,
     input_failure,
@@ -172,6 +175,8 @@ def to_video_frame(rgb, stream, pts, time_base):
     """An RGB array as a frame in the stream's pixel format, converted with the matrix and range
     the stream is tagged with (so a BT.709 input comes back BT.709)."""
     cc = stream.codec_context
+    if cc.pix_fmt == "pal8":  # GIF: FFmpeg's scaler cannot make palettes
+        return to_gif_frame(rgb, pts, time_base)
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if rgb.dtype == np.uint16 else "rgb24").reformat(
         format=cc.pix_fmt, dst_colorspace=cc.colorspace, dst_color_range=cc.color_range
     )
@@ -179,24 +184,120 @@ def to_video_frame(rgb, stream, pts, time_base):
     return frame
 
 
+# The containers this script writes, by extension, and the codecs their streams get.
+OUTPUT_FORMATS = {
+    ".mp4": "H.264 + AAC",
+    ".m4v": "H.264 + AAC",
+    ".mkv": "H.264 + the input's audio",
+    ".mov": "H.264 + AAC",
+    ".webm": "VP9 + Opus",
+    ".gif": "an animated GIF, no sound",
+}
+OUTPUT_LIST = ".mp4, .mkv, .mov, .webm or .gif"
+# Audio codecs for each container when the input's cannot be copied into it.
+AUDIO_FALLBACK = {".webm": "libopus"}
+# --preset (x264's names) as libvpx-vp9's speed, 0 (slowest) to 8.
+VP9_SPEED = {"ultrafast": 8, "superfast": 7, "veryfast": 6, "faster": 5, "fast": 4, "medium": 3, "slow": 2}
+
+
+def output_kind(path):
+    """The extension of a video output, if this script writes it; else one UserError saying what works."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UserError(
+            f"cannot write {path}: '{suffix or 'no extension'}' is not a video format this script writes; "
+            f"use {OUTPUT_LIST}"
+        )
+    return suffix
+
+
+def add_video_stream(container, path, width, height, rate, time_base, crf, preset, colour=None, deep=False):
+    """The video stream for the container of `path`: VP9 in .webm, a palette GIF in .gif, else H.264
+    (add_h264_stream)."""
+    kind = output_kind(path)
+    if kind == ".gif":
+        return add_gif_stream(container, width, height, rate, time_base)
+    if kind == ".webm":
+        return add_vp9_stream(container, width, height, rate, time_base, crf, preset, colour)
+    return add_h264_stream(container, width, height, rate, time_base, crf, preset, colour, deep)
+
+
+def add_vp9_stream(container, width, height, rate, time_base, crf, preset, colour=None):
+    """A libvpx-vp9 stream in constant quality: --crf (x264's 0-51 scale) mapped onto VP9's 0-63, --preset
+    onto its speed. 8 bits a sample, 10-bit input too (the libvpx in PyAV's wheels is built without high bit
+    depth: for 10 bits write .mp4 or .mkv); odd sides use 4:4:4 (VP9 profile 1), as add_h264_stream."""
+    options = {
+        "crf": str(round(crf * 63 / 51)),
+        "b": "0",  # constant quality, no bitrate target
+        "deadline": "good",
+        "cpu-used": str(VP9_SPEED.get(preset, 1)),
+        "row-mt": "1",
+    }
+    stream = container.add_stream("libvpx-vp9", rate=rate, options=options)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+    stream.codec_context.time_base = stream.time_base = time_base
+    if colour is not None:
+        for tag in ("colorspace", "color_range", "color_primaries", "color_trc"):
+            setattr(stream.codec_context, tag, getattr(colour, tag))
+    return stream
+
+
+def add_gif_stream(container, width, height, rate, time_base):
+    """An animated GIF stream: each frame with its own 256-colour palette (see to_gif_frame)."""
+    stream = container.add_stream("gif", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, "pal8"
+    stream.codec_context.time_base = stream.time_base = time_base
+    return stream
+
+
+def to_gif_frame(rgb, pts, time_base):
+    """An RGB array (8 or 16 bits) as a palette frame: Pillow's median-cut palette of this frame, with
+    Floyd-Steinberg dithering (far closer than FFmpeg's fixed 3-3-2 colours)."""
+    if rgb.dtype == np.uint16:
+        rgb = (rgb >> 8).astype(np.uint8)
+    quantized = Image.fromarray(rgb).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
+    colours = np.zeros((256, 4), np.uint8)
+    colours[:, 0] = 255  # PyAV takes the palette as ARGB
+    used = np.array(quantized.getpalette()[: 256 * 3], np.uint8).reshape(-1, 3)
+    colours[: len(used), 1:] = used
+    frame = av.VideoFrame.from_ndarray((np.asarray(quantized), colours), format="pal8")
+    frame.pts, frame.time_base = pts, time_base
+    return frame
+
+
+def describe_stream(stream):
+    codec = stream.codec_context.name if stream.codec_context is not None else "unknown codec"
+    what = f"{stream.type} stream {stream.index} ({codec}"
+    if stream.disposition & av.stream.Disposition.attached_pic:
+        what += ", cover picture"
+    return what + ")"
+
+
+def dropped_streams(container, keep_audio):
+    """Descriptions of the input's streams that the output leaves out: every video stream but the first
+    (other angles, cover pictures), subtitles, data and attachments, and audio where `keep_audio` is false."""
+    video = container.streams.video[0]
+    return [describe_stream(s) for s in container.streams if s is not video and not (s.type == "audio" and keep_audio)]
+
+
 @contextlib.contextmanager
 def video_writer(path):
     """An output container on a temporary file beside `path`, renamed to `path` when the block
     completes and removed if it fails; FFmpeg's errors become one UserError naming the output. Temporary
     files that killed runs left beside it are removed first."""
+    output_kind(path)
     remove_stale_temporaries([Path(path).parent])
     with atomic_output(path) as tmp:
         try:
             container = av.open(str(tmp), "w")
         except ValueError:  # FFmpeg guesses the format from the extension
-            raise UserError(
-                f"cannot write {path}: no video format has the extension '{Path(path).suffix}'; use .mp4, .mkv or .mov"
-            ) from None
+            raise UserError(f"cannot write {path}: FFmpeg has no format for it; use {OUTPUT_LIST}") from None
         try:
             with container:
                 yield container
         except av.error.FFmpegError as e:
-            raise UserError(f"cannot write {path} ({e.strerror}); try another extension (.mp4, .mkv, .mov)") from None
+            raise UserError(f"cannot write {path} ({e.strerror}); try another extension ({OUTPUT_LIST})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,12 +338,18 @@ class FlickerMeter:
         return self.total / self.changes if self.changes else 0.0
 
 
-def add_audio_stream(container, template):
-    """A copy of the input's audio stream where the output's container holds its codec, else an AAC
-    stream (the packets then need re-encoding: see audio_packets)."""
+def add_audio_stream(container, template, path):
+    """A copy of the input's audio stream where the output's container holds its codec, else one of the
+    container's own (AUDIO_FALLBACK: Opus in .webm, else AAC; the packets then need re-encoding: see
+    audio_packets)."""
     if template.codec_context.name in container.supported_codecs:
         return container.add_stream_from_template(template)
-    return container.add_stream("aac", rate=template.codec_context.sample_rate, layout=template.codec_context.layout)
+    codec = AUDIO_FALLBACK.get(output_kind(path), "aac")
+    rate = 48000 if codec == "libopus" else template.codec_context.sample_rate  # Opus: 48 kHz (resampled)
+    layout = template.codec_context.layout
+    if codec == "libopus" and layout.nb_channels > 2:
+        layout = "stereo"
+    return container.add_stream(codec, rate=rate, layout=layout)
 
 
 def audio_packets(packet, stream, reencode):
@@ -275,8 +382,9 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
         vin = inp.streams.video[0]
         rate = vin.average_rate or vin.guessed_rate or 30
         numbered, next_pts = inp.format.name == "avi", vin.start_time or 0
-        vout = add_h264_stream(
+        vout = add_video_stream(
             out,
+            dst,
             vin.codec_context.width,
             vin.codec_context.height,
             rate,
@@ -287,11 +395,11 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
             deep,
         )
         vout.set_display_matrix(matrix)
-        audio = {a.index: add_audio_stream(out, a) for a in inp.streams.audio}
+        sound = [] if output_kind(dst) == ".gif" else list(inp.streams.audio)
+        dropped = dropped_streams(inp, keep_audio=bool(sound))
+        audio = {a.index: add_audio_stream(out, a, dst) for a in sound}
         reencoded = {
-            a.index: a.codec_context.name
-            for a in inp.streams.audio
-            if audio[a.index].codec_context.name != a.codec_context.name
+            a.index: a.codec_context.name for a in sound if audio[a.index].codec_context.name != a.codec_context.name
         }
         in_flight = collections.deque()  # (input RGB, pts, future of the enhanced RGB), in display order
         with tqdm(total=vin.frames or None, unit="frame", desc=Path(src).name, dynamic_ncols=True) as bar:
@@ -305,7 +413,7 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
                 out.mux(vout.encode(to_video_frame(enhanced, vout, pts, vin.time_base)))
                 bar.update()
 
-            for item in decoded(inp, src, [vin, *inp.streams.audio]):
+            for item in decoded(inp, src, [vin, *sound]):
                 if isinstance(item, av.Packet):
                     out.mux(audio_packets(item, audio[item.stream.index], item.stream.index in reencoded))
                     continue
@@ -337,6 +445,7 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
         "audio_reencoded": list(reencoded.values()),
         "flicker_in": flicker_in.value,
         "flicker_out": flicker_out.value,
+        "dropped": dropped,
     }
 
 
@@ -355,7 +464,7 @@ def frame_path_pattern(folder):
 def video_to_frames(src, pattern):
     """Every frame of `src`, upright, as pattern % 0, pattern % 1, ... Returns the frame count.
     A folder that already holds images is refused: old frames would be overwritten, or joined later."""
-    folder = Path(pattern % 0).parent
+    folder = check_output_folder(Path(pattern % 0).parent)
     if folder.is_dir() and find_images(folder):
         raise UserError(f"{folder} already holds images; give an empty or new folder for the frames")
     count = 0
@@ -416,7 +525,7 @@ def frames_to_video(folder, dst, fps, crf=18, preset="medium", failed=None):
     height, width = first[1].shape[:2]
     count = 0
     with video_writer(dst) as out:
-        stream = add_h264_stream(out, width, height, rate, 1 / rate, crf, preset)
+        stream = add_video_stream(out, dst, width, height, rate, 1 / rate, crf, preset)
         for _, rgb in itertools.chain([first], frames):
             out.mux(stream.encode(to_video_frame(rgb, stream, count, 1 / rate)))
             count += 1
@@ -456,6 +565,8 @@ def run_choice(args):
         dst = args.save_path or str(Path(args.image_folder)) + ".mp4"
         if Path(args.video_path).is_file():
             refuse_same_file(args.video_path, dst)
+        output_kind(dst)
+        check_output_path(dst)
         failed = []
         count = frames_to_video(args.image_folder, dst, fps, args.crf, args.preset, failed)
         print(f"wrote {dst}: {count} frames at {float(fps):g} fps")
@@ -465,12 +576,16 @@ def run_choice(args):
     else:
         dst = args.save_path or str(Path(args.video_path).with_name(Path(args.video_path).stem + "_enhanced.mp4"))
         refuse_same_file(args.video_path, dst)
+        output_kind(dst)  # a format this script cannot write, a FIFO, device or folder: refused before any work
+        check_output_path(dst)
         open_video(args.video_path).close()  # a bad video fails before the network loads
         enhancer = Enhancer(args.weight_dir, args.scale_factor, args.device, args.precision)
         s = enhance_video(enhancer, args.video_path, dst, args.temporal_smoothing, args.crf, args.preset)
         audio = f"audio copied ({', '.join(s['audio'])})" if s["audio"] else "no audio"
         if s["audio_reencoded"]:
             audio += f", {', '.join(s['audio_reencoded'])} re-encoded (the container cannot hold it)"
+        if s["dropped"]:
+            print(f"note: {dst} leaves out the input's {', '.join(s['dropped'])}", file=sys.stderr)
         print(
             f"wrote {dst}: {s['frames']} frames, {s['width']}x{s['height']} {s['codec']} {s['pix_fmt']}, {audio}; "
             f"flicker (mean |change| of "

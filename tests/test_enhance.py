@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import dark_image, max_abs_diff
 
+import enhance
 import image_io
 import model
 from enhance import Enhancer, apply_curve_, resize_axis, row_upsampler
@@ -176,3 +177,52 @@ def test_bad_arguments(weights, enhancer):
         enhancer.enhance_array(np.zeros((4, 4, 2), np.uint8))
     with pytest.raises(UserError, match="nothere.pth"):
         Enhancer("nothere.pth", device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiles: the network on a large copy runs in overlapping tiles, with the same result
+# ---------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def test_tiled_network_equals_the_whole_run():
+    """float64 so that summation order cannot hide a wrong halo: with RECEPTIVE_RADIUS the tiles give the
+    whole run's map (1e-12), with one pixel less of context they do not (the test can fail)."""
+    torch.manual_seed(0)
+    net = model.EnhanceNet().eval().double()
+    for p in net.parameters():
+        p.mul_(3)  # strong dependence on every pixel of the receptive field
+    x = torch.rand(1, 3, 60, 45, dtype=torch.float64)
+    whole = net.curve_map_lowres(x)
+    for budget in (64, 300, 1000):  # tiles of 7, 3 and 17 pixels (+ the halo)
+        assert (enhance.curve_map_tiled(net, x, budget) - whole).abs().max() < 1e-12
+    assert torch.equal(enhance.curve_map_tiled(net, x, 60 * 45), whole)  # fits: one run
+    radius = enhance.RECEPTIVE_RADIUS
+    try:
+        enhance.RECEPTIVE_RADIUS = radius - 1
+        assert (enhance.curve_map_tiled(net, x, 300) - whole).abs().max() > 1e-3
+    finally:
+        enhance.RECEPTIVE_RADIUS = radius
+
+
+def test_enhancer_in_tiles_equals_untiled(weights, enhancer, monkeypatch):
+    """The whole Enhancer at scale factor 1 (the network on the full image) with a tiny tile budget: within
+    1e-5 of the untiled map, so the same pixels (up to a rounding tie)."""
+    image = dark_image((90, 70, 3))
+    untiled = enhancer.enhance_array(image, scale_factor=1)
+    rows_untiled = enhancer.curve_map_rows(torch.from_numpy(image), 255.0, 1, 1.0, None)
+    monkeypatch.setattr(enhance, "TILE_PIXELS", 900)  # tiles of 16 + 2 * 7 pixels a side
+    calls = []
+    net_run = enhancer.net.curve_map_small
+    monkeypatch.setattr(enhancer.net, "curve_map_small", lambda x: calls.append(x.shape) or net_run(x))
+    rows_tiled = enhancer.curve_map_rows(torch.from_numpy(image), 255.0, 1, 1.0, None)
+    assert len(calls) > 4 and all(s[-2] * s[-1] <= 900 for s in calls)
+    assert (rows_tiled - rows_untiled).abs().max() < 1e-5
+    assert max_abs_diff(enhancer.enhance_array(image, scale_factor=1), untiled) <= 1
+    assert max_abs_diff(untiled, reference(weights, image, scale_factor=1)) <= 1
+
+
+@pytest.mark.parametrize("bad", [0, -3, float("nan"), 2.5, True, "x"])
+def test_bad_scale_factor_and_strength_are_refused(enhancer, bad):
+    with pytest.raises(ValueError, match="scale_factor: expected a positive integer"):
+        enhancer.enhance_array(dark_image((8, 8, 3)), scale_factor=bad)
+    with pytest.raises(UserError, match="strength: expected a finite number >= 0"):
+        enhancer.enhance_array(dark_image((8, 8, 3)), strength=float("nan") if bad is True else -1)

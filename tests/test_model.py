@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import model
 from loss import SGZLoss
 from model import EnhanceNet, SegmentationNet, apply_curve, load_enhance_net
 from runtime import UserError
@@ -174,3 +175,17 @@ def test_local_backbone_file_is_used(tmp_path):
     assert torch.all(seg.resnet.conv1.weight == 0.5)
     with pytest.raises(UserError, match="nope.pth"):
         SegmentationNet(backbone=str(tmp_path / "nope.pth"))
+
+
+def test_integer_weights_are_refused(tmp_path):
+    """int64 weights load without complaint into float layers (rounded to whole numbers) and enhance nothing."""
+    path = tmp_path / "int.pth"
+    torch.save({k: v.long() for k, v in model.EnhanceNet().state_dict().items()}, path)
+    with pytest.raises(UserError, match=r"int\.pth holds integer weights \(e_conv1.* is int64\)"):
+        model.load_enhance_net(path)
+
+
+@pytest.mark.parametrize("bad", [0, -3, float("nan"), 1.5, None])
+def test_scale_factor_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="scale_factor: expected a positive integer"):
+        model.EnhanceNet(scale_factor=bad)

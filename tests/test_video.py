@@ -537,3 +537,92 @@ def test_sigterm_and_ctrl_c_leave_no_temporary_file(tmp_path, weights):
         err = said + proc.communicate(timeout=60)[1]
         assert proc.returncode == 130 and err.rstrip().endswith("interrupted") and "Traceback" not in err, err
         assert leftovers(tmp_path) == ["long.mp4"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Output containers: .webm and .gif work with every frame, others are one line, dropped streams named
+# ---------------------------------------------------------------------------------------------
+def frame_times(path):
+    with av.open(str(path)) as c:
+        return [float(f.pts * f.time_base) for f in c.decode(video=0)]
+
+
+def test_webm_output_is_vp9_and_opus_with_every_frame(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", 64, 48, frames=8)
+    summary = mv.enhance_video(Identity(), src, tmp_path / "out.webm")
+    assert summary["frames"] == 8 and summary["dropped"] == []
+    assert summary["audio"] == ["libopus"] and summary["audio_reencoded"] == ["aac"]
+    with av.open(str(tmp_path / "out.webm")) as c:
+        assert c.format.name.startswith("matroska,webm")
+        assert c.streams.video[0].codec_context.name == "vp9"
+        assert c.streams.audio[0].codec_context.name == "opus"
+    frames = decode_rgb(tmp_path / "out.webm")
+    assert len(frames) == 8 and frames[0].shape == (48, 64, 3)
+    assert frame_times(tmp_path / "out.webm") == pytest.approx(frame_times(src), abs=0.002)
+    expected = [clip_frame(i, 64, 48) for i in range(8)]
+    assert max(np.abs(f.astype(int) - e).mean() for f, e in zip(frames, expected, strict=True)) < 4
+
+
+def test_gif_output_has_every_frame_with_its_timing_and_names_the_audio_it_drops(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", 63, 47, frames=8)  # odd sides, with sound
+    summary = mv.enhance_video(Identity(), src, tmp_path / "out.gif")
+    assert summary["frames"] == 8 and summary["audio"] == []
+    assert summary["dropped"] == ["audio stream 1 (aac)"]
+    with av.open(str(tmp_path / "out.gif")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 8 and frames[0].shape == (47, 63, 3)
+    assert frame_times(tmp_path / "out.gif") == pytest.approx(frame_times(src), abs=0.011)  # GIF: 1/100 s
+    expected = [clip_frame(i, 63, 47) for i in range(8)]
+    assert max(np.abs(f.astype(int) - e).mean() for f, e in zip(frames, expected, strict=True)) < 4
+
+
+def test_a_second_video_stream_is_named_as_dropped(tmp_path):
+    time_base, path = Fraction(1, FPS), tmp_path / "two.mkv"
+    with mv.video_writer(path) as out:
+        streams = [mv.add_h264_stream(out, w, h, FPS, time_base, 18, "ultrafast") for w, h in ((64, 48), (32, 24))]
+        for i in range(8):
+            for s in streams:
+                out.mux(s.encode(mv.to_video_frame(clip_frame(i, s.width, s.height), s, i, time_base)))
+        for s in streams:
+            out.mux(s.encode(None))
+    summary = mv.enhance_video(Identity(), path, tmp_path / "out.mp4")
+    assert summary["frames"] == 8 and summary["dropped"] == ["video stream 1 (h264)"]
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert [s.type for s in c.streams] == ["video"] and c.streams.video[0].codec_context.width == 64
+
+
+@pytest.mark.parametrize("name", ["out.avi", "out.flv", "out"])
+def test_other_containers_get_one_line_saying_what_works(tmp_path, weights, name):
+    src = make_clip(tmp_path / "in.mp4", 64, 48, frames=2, audio=False)
+    code, err = run_video_main(["--video_path", src, "--save_path", tmp_path / name, "--weight_dir", weights])
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "not a video format this script writes; use .mp4, .mkv, .mov, .webm or .gif" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def run_video_main(argv):
+    """demo/make_video.py's command line in this process: (exit status, stderr)."""
+    import io
+    from contextlib import redirect_stderr
+
+    from runtime import run_script as run
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = run(mv.main, get_video_parser(), [str(a) for a in [*argv, "--device", "cpu"]])
+    return code, err.getvalue().strip()
+
+
+def test_a_fifo_as_the_output_is_refused_and_stays_a_fifo(tmp_path, weights):
+    src = make_clip(tmp_path / "in.mp4", 64, 48, frames=2, audio=False)
+    fifo = tmp_path / "out.mp4"
+    os.mkfifo(fifo)
+    code, err = run_video_main(["--video_path", src, "--save_path", fifo, "--weight_dir", weights])
+    assert (
+        code == 2
+        and err == f"error: cannot write {fifo}: it is a FIFO (named pipe); give the path of a new or regular file"
+    )
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]
+    result = run_script(src, fifo, "--weight_dir", weights, "--device", "cpu")  # the shell script, the same
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [err]
+    assert fifo.is_fifo()
