@@ -440,12 +440,20 @@ def uniform_frames(frames):
     return frames
 
 
-def decode_frames(data, notes):
-    """Every frame of a multi-frame image (Pillow): (frames, durations in ms or None each, loop count or None)."""
-    frames, durations = [], []
+def decode_frames(data, notes, name="image", max_pixels=DEFAULT_MAX_PIXELS):
+    """Every frame of a multi-frame image (Pillow): (frames, durations in ms or None each, loop count or None).
+    Each frame's size is read from its own header (a GIF's canvas may grow at any frame, to 65535x65535):
+    all frames together may have at most `max_pixels`, checked before each is decoded."""
+    frames, durations, pixels = [], [], 0
     with Image.open(io.BytesIO(data)) as im:
         loop = im.info.get("loop")
         for frame in ImageSequence.Iterator(im):
+            pixels += header_int(frame.width, "a frame's width", name) * header_int(frame.height, "its height", name)
+            if pixels > max_pixels:
+                raise UserError(
+                    f"{name}: its frames are over {max_pixels / 1e6:.0f} megapixels together (a frame larger than "
+                    "the first, corrupt or forged?); raise --max_mpix if the image is genuine"
+                )
             frame.load()  # WebP's reader sets a frame's duration when it decodes it
             durations.append(frame.info.get("duration"))
             frames.append(pil_array(frame, notes))
@@ -481,7 +489,7 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_fra
     notes = []
     if all_frames and frames > 1:
         with decoder_errors(name, f"corrupt or truncated {image_format} file"):
-            images, durations, loop = decode_frames(data, notes)
+            images, durations, loop = decode_frames(data, notes, name, max_pixels)
         metadata = drop_foreign_profile(metadata, images[0], mode == "CMYK", notes)
         animation = {"frames": images[1:], "durations": durations, "loop": loop}
         return images[0], {

@@ -192,3 +192,13 @@ def test_a_profile_too_large_for_a_jpeg_is_left_behind_not_a_crash():
     segments = image_io.jpeg_segments(big)
     assert b"ICC_PROFILE" not in segments and b"<x/>" in segments
     assert image_io.jpeg_segments({"icc_profile": bytes(255 * 65519)}).count(b"ICC_PROFILE\x00") == 255
+
+
+def test_every_frame_counts_towards_the_pixel_limit_before_it_is_decoded():
+    """Fuzz-found: a GIF whose canvas grows after its first frame (16 rows, then 271): the limit checked from
+    the first header alone would let a later frame declare 65535x65535."""
+    gif = (FUZZ / "regressions" / "decode" / "gif_canvas_grows_after_frame_1.gif").read_bytes()
+    image, info = image_io.decode_image(gif, "g.gif", max_pixels=13_392, all_frames=True)
+    assert [f.shape[0] for f in [image, *info["animation"]["frames"]]] == [16, 271, 271]
+    with pytest.raises(UserError, match="^g.gif: its frames are over 0 megapixels together"):
+        image_io.decode_image(gif, "g.gif", max_pixels=13_391, all_frames=True)

@@ -75,9 +75,12 @@ def make_decode():
             except UserError:
                 continue
             check_decoded(image)
-            for frame in info.get("animation", {}).get("frames", []):
+            frames = info.get("animation", {}).get("frames", [])
+            for frame in frames:  # the same layout (a GIF's canvas may grow: sizes may differ)
                 check_decoded(frame)
-                check(frame.shape == image.shape and frame.dtype == image.dtype, "frames of different layouts")
+                check(frame.shape[2:] == image.shape[2:] and frame.dtype == image.dtype, "frames of different layouts")
+            pixels = sum(f.shape[0] * f.shape[1] for f in [image, *frames])
+            check(pixels <= FUZZ_MAX_PIXELS, f"{len(frames) + 1} frames of {pixels} pixels together")
             check(info["orientation"] in range(1, 9), f"orientation {info['orientation']!r}")
             check(all(isinstance(v, bytes) for v in info["metadata"].values()), "metadata values not bytes")
 
