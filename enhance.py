@@ -23,9 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import curve_kernel
 import model
 import validate
-from model import NUM_CURVE_STEPS
+from curve_kernel import curve_rows_kernel
 from runtime import UserError
 
 NOT_FINITE = (
@@ -102,62 +103,6 @@ def apply_curve_(x, curve_map, scratch, scale):
     return torch.addcmul(x.new_full((), 0.5), x, factor, value=scale, out=x)
 
 
-def curve_rows(src, low, first, second, weight, scale, out):
-    """The whole full-resolution step in one pass, for CPUs: for each row i, the curve-map row interpolated
-    between low[first[i]] and low[second[i]] (align_corners=True, as row_upsampler), then the 8-step curve
-    on src[i] / scale, times scale, + 0.5 (truncating then rounds half up), into out[i]. Every value stays
-    in registers: 5x faster than the same arithmetic as PyTorch ops over bands (which read and write the
-    band 20 times). src (H, N) integers; low (h, N) float32; out (H, N) integers, or float32 to keep y.
-    float32 throughout, as the PyTorch path; no division (x * (1 / scale)) so that the loop vectorises.
-    Compiled by numba: call it through curve_rows_kernel()."""
-    one, half = np.float32(1.0), np.float32(0.5)
-    scale = np.float32(scale)
-    inverse = one / scale
-    for i in range(src.shape[0]):
-        b = weight[i]
-        a = one - b
-        low0, low1, row, out_row = low[first[i]], low[second[i]], src[i], out[i]
-        for j in range(row.shape[0]):
-            r = a * low0[j] + b * low1[j]
-            one_minus_r = one - r
-            x = np.float32(row[j]) * inverse
-            for _ in range(NUM_CURVE_STEPS - 1):
-                x = x * (one_minus_r + r * x)
-            out_row[j] = half + scale * (x * (one_minus_r + r * x))
-
-
-_kernel_lock = threading.Lock()
-_compiled_kernel = None
-
-
-def curve_rows_kernel():
-    """curve_rows compiled by numba (machine code cached beside this file after the first run). numba is
-    imported here, not at the top: its import and the first load of the kernel take about 0.5 s, which a
-    GPU never needs, and which a CPU Enhancer starts in the background (warm_up_curve_kernel) while its
-    first images are read."""
-    global _compiled_kernel
-    with _kernel_lock:
-        if _compiled_kernel is None:
-            import numba
-
-            _compiled_kernel = numba.njit(nogil=True, cache=True, error_model="numpy")(curve_rows)
-        return _compiled_kernel
-
-
-def warm_up_curve_kernel():
-    """Load (or compile) the kernel for the common case, 8-bit RGB in and out, on a 1x1 image."""
-    pixel = np.zeros((1, 3), np.uint8)
-    curve_rows_kernel()(
-        pixel,
-        np.zeros((1, 3), np.float32),
-        np.zeros(1, np.int64),
-        np.zeros(1, np.int64),
-        np.zeros(1, np.float32),
-        255.0,
-        pixel,
-    )
-
-
 def apply_curve_cpu(rgb, curve_rows, out_rgb, full_scale, band_elements):
     """The curve on a CPU with the curve_rows kernel: rgb (H, W, 1 or 3) integers, curve_rows (h, W, 3) float32,
     into out_rgb (H, W, 3), or (H, W) for grey. Contiguous RGB (what the decoders give) runs in place in one
@@ -201,6 +146,7 @@ def finish_frames(frames, curve_map):
 
 
 _compiled_frame_steps = {}
+_compile_lock = threading.Lock()
 
 
 def frame_steps(compiled):
@@ -208,7 +154,7 @@ def frame_steps(compiled):
     size and batch size compiles once): the full-resolution steps become a few fused kernels each."""
     if not compiled:
         return shrink_frames, finish_frames
-    with _kernel_lock:
+    with _compile_lock:
         if not _compiled_frame_steps:
             _compiled_frame_steps["steps"] = tuple(
                 torch.compile(f, dynamic=False) for f in (shrink_frames, finish_frames)
@@ -297,19 +243,22 @@ class Enhancer:
         zero_negligible_weights_(self.net)
         self.band_elements = BAND_ELEMENTS["cpu" if self.device.type == "cpu" else "other"]
         if self.device.type == "cpu":
-            threading.Thread(target=warm_up_curve_kernel, name="sgz-kernel-warm-up", daemon=True).start()
+            curve_kernel.load_in_background()  # the scripts start it before importing torch
 
     def autocast(self):
         if PRECISIONS[self.precision] is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
-    def curve_map_rows(self, rgb, full_scale, scale_factor, strength, map_filter):
+    def curve_map_rows(self, rgb, full_scale, scale_factor, strength, map_filter, bgr=False):
         """The curve map of the integer image rgb (H, W, C) / full_scale computed on its 1/s copy and
-        resized to the full width: (h, W, 3). Rows of the full-size map are then interpolated band by band."""
+        resized to the full width: (h, W, 3). Rows of the full-size map are then interpolated band by band.
+        bgr: the channels are blue, green, red, and so are the map's (the net sees its copy in RGB)."""
         height, width = rgb.shape[:2]
         h, w = model.downscaled_size(height, width, scale_factor)
         small = resize_axis(resize_axis(rgb, 0, h, align_corners=False), 1, w, align_corners=False).div_(full_scale)
+        if bgr:
+            small = small.flip(-1)
         x = small.expand(h, w, 3).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
         with self.autocast():
             curve_map = curve_map_tiled(self.net, x).float()  # (1, 3, h, w)
@@ -327,12 +276,16 @@ class Enhancer:
             mode="bilinear",
             align_corners=True,
         )
-        return wide[0].permute(1, 2, 0).contiguous()  # (h, W, 3)
+        wide = wide[0].permute(1, 2, 0)  # (h, W, 3)
+        return (wide.flip(-1) if bgr else wide).contiguous()
 
     @torch.inference_mode()
-    def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None):
+    def enhance_array(self, image, scale_factor=None, strength=1.0, map_filter=None, order="RGB"):
         """image: numpy HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA), dtype uint8 or uint16.
         Returns a new array of the same shape and dtype (alpha passed through unchanged).
+        order: "BGR" for HxWx3 (BGR) or HxWx4 (BGRA) arrays, OpenCV's layout, enhanced as they are (the
+        curve works on each channel alone; only the network's small copy is turned into RGB): the result
+        is exactly the RGB result with its channels reversed.
         scale_factor: the curve map is computed on a 1/s copy (None: the one given at construction).
         strength: multiplies the curve map (clamped to [-1, 1]); 1.0 is the paper's model exactly,
         <1 gives a gentler, >1 a stronger enhancement.
@@ -343,6 +296,8 @@ class Enhancer:
             self.scale_factor if scale_factor is None else validate.positive_int(scale_factor, "scale_factor")
         )
         strength = validate.non_negative_float(strength, "strength")
+        if order not in ("RGB", "BGR"):
+            raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
         full_scale = float(np.iinfo(image.dtype).max)
         out = np.empty_like(image)
         if image.ndim == 3 and image.shape[2] == 4:
@@ -354,7 +309,12 @@ class Enhancer:
         if pixels.dtype == torch.uint16 and self.device.type != "cpu":
             pixels = pixels.int()  # uint16 has few kernels off the CPU
         curve_rows = self.curve_map_rows(
-            pixels.to(self.device), full_scale, scale_factor, strength, map_filter
+            pixels.to(self.device),
+            full_scale,
+            scale_factor,
+            strength,
+            map_filter,
+            bgr=order == "BGR" and not grey,
         )  # (h, W, 3)
         if self.device.type == "cpu":
             apply_curve_cpu(rgb, curve_rows.numpy(), out_rgb, full_scale, self.band_elements)

@@ -276,15 +276,15 @@ def check_jpeg_size(data, width, height, name):
         )
 
 
-def decode_jpeg(data, name, strict):
-    """A JPEG's pixels (RGB or grey) with libjpeg-turbo through simplejpeg, which (strict) turns libjpeg's
-    warnings about corrupt data into an error. None for CMYK/YCCK, which Pillow converts."""
+def decode_jpeg(data, name, strict, order="RGB"):
+    """A JPEG's pixels (colour in `order`, or grey) with libjpeg-turbo through simplejpeg, which (strict)
+    turns libjpeg's warnings about corrupt data into an error. None for CMYK/YCCK, which Pillow converts."""
     hint = " (test.py --allow_corrupt enhances it anyway)" if strict else ""
     with decoder_errors(name, "corrupt or truncated JPEG", hint):
         colorspace = simplejpeg.decode_jpeg_header(data)[2]
         if colorspace not in ("Gray", "YCbCr", "RGB"):
             return None
-        image = simplejpeg.decode_jpeg(data, "GRAY" if colorspace == "Gray" else "RGB", strict=strict)
+        image = simplejpeg.decode_jpeg(data, "GRAY" if colorspace == "Gray" else order, strict=strict)
     return image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
 
 
@@ -329,9 +329,18 @@ def pil_array(im, notes):
     return np.array(im.convert(mode))  # a writable array, as OpenCV's (asarray's would be read-only)
 
 
-def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_frames=False):
+def swap_red_and_blue(image, dst=None):
+    """RGB(A) <-> BGR(A), into dst (image itself: in place) or a new array; grey comes back as it is."""
+    if image.ndim == 2:
+        return image
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA, dst=dst)
+
+
+def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_frames=False, order="RGB"):
     """An image file as a numpy array: HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA), uint8 or uint16, turned
-    upright by its EXIF orientation. The format comes from the content, not the extension. Returns
+    upright by its EXIF orientation. order="BGR": colour comes as BGR(A), OpenCV's own layout (every frame),
+    which saves its decoder (and write_image's encoder) a conversion. The format comes from the content, not
+    the extension. Returns
     (array, info) with info = {"format": "PNG", "orientation": 1, "metadata": {...}, "frames": 1 (read), "notes": []}
     (metadata: see carried_metadata; write_image takes it back; notes: one-line remarks for the user, as a
     profile not carried). For a multi-frame image the array is its first frame; with all_frames,
@@ -346,7 +355,7 @@ def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_frames=Fals
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    return decode_image(data, path, max_pixels, strict, all_frames)
+    return decode_image(data, path, max_pixels, strict, all_frames, order)
 
 
 ImageHeader = collections.namedtuple("ImageHeader", "format width height decoded_bytes")
@@ -460,7 +469,7 @@ def decode_frames(data, notes, name="image", max_pixels=DEFAULT_MAX_PIXELS):
     return uniform_frames(frames), durations, loop
 
 
-def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_frames=False):
+def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_frames=False, order="RGB"):
     """read_image for the bytes of an image file already in memory (the web demo's uploads); `name` is
     what the error messages call it."""
     with decoder_errors(name, "not a readable image"), Image.open(io.BytesIO(data)) as im:  # header only
@@ -491,6 +500,8 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_fra
         with decoder_errors(name, f"corrupt or truncated {image_format} file"):
             images, durations, loop = decode_frames(data, notes, name, max_pixels)
         metadata = drop_foreign_profile(metadata, images[0], mode == "CMYK", notes)
+        if order == "BGR":
+            images = [swap_red_and_blue(f, dst=f) for f in images]
         animation = {"frames": images[1:], "durations": durations, "loop": loop}
         return images[0], {
             "format": image_format,
@@ -504,7 +515,7 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_fra
     if image_format in ("JPEG", "MPO"):
         if strict:
             check_jpeg_size(data, w, h, name)
-        image = decode_jpeg(data, name, strict)
+        image = decode_jpeg(data, name, strict, order)
         if image is not None and orientation != 1:
             image = np.ascontiguousarray(ORIENTATION_TRANSFORMS[orientation](image))
     elif opencv_decodes_cleanly(image_format, orientation, data, mode, info):
@@ -513,15 +524,15 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_fra
         except cv2.error:  # OpenCV's own limits (a side over 2^20, ...) or a file it misreads: Pillow decides
             image = None
         if image is not None:
-            if image.ndim == 3:
-                image = cv2.cvtColor(
-                    image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA, dst=image
-                )
+            if order == "RGB":
+                image = swap_red_and_blue(image, dst=image)
             if orientation != 1:  # IMREAD_UNCHANGED leaves it to us
                 image = np.ascontiguousarray(ORIENTATION_TRANSFORMS[orientation](image))
     if image is None:
         with decoder_errors(name, f"corrupt or truncated {image_format} file"):
             image = decode_with_pil(data, notes)
+        if order == "BGR":
+            image = swap_red_and_blue(image, dst=image)
     if image.dtype not in (np.uint8, np.uint16):
         raise UserError(f"{name}: {image.dtype} samples are not supported (8- and 16-bit images are)")
     metadata = drop_foreign_profile(metadata, image, mode == "CMYK", notes)
@@ -534,15 +545,19 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_fra
     }
 
 
-def write_image(path, image, jpeg_quality=95, metadata=None, animation=None):
+def write_image(path, image, jpeg_quality=95, metadata=None, animation=None, order="RGB"):
     """Write an array as read_image returns it, atomically, in the format the extension names, with
     `metadata` (read_image's info["metadata"]) where the format holds it; with `animation` (read_image's
-    info["animation"], its frames replaced) every frame, their durations and loop count (encode_frames)."""
+    info["animation"], its frames replaced) every frame, their durations and loop count (encode_frames).
+    order: the arrays', as read_image's."""
     path = Path(path)
     if animation and animation["frames"]:
-        encoded = encode_frames(path, [image, *animation["frames"]], animation, jpeg_quality, metadata or {})
+        frames = [image, *animation["frames"]]
+        if order == "BGR":  # Pillow writes them: RGB
+            frames = [swap_red_and_blue(f) for f in frames]
+        encoded = encode_frames(path, frames, animation, jpeg_quality, metadata or {})
     else:
-        encoded = encode_image(image, path.suffix.lower(), jpeg_quality, metadata)
+        encoded = encode_image(image, path.suffix.lower(), jpeg_quality, metadata, order)
     try:
         with atomic_output(path) as tmp:
             Path(tmp).write_bytes(encoded)  # numpy's tofile would report a full disk as "N requested and M written"
@@ -659,11 +674,12 @@ def encode_with_pil(image, ext, quality, metadata):
     return np.frombuffer(buffer.getvalue(), np.uint8)
 
 
-def encode_image(image, ext, jpeg_quality=95, metadata=None):
+def encode_image(image, ext, jpeg_quality=95, metadata=None, order="RGB"):
     """An array as read_image returns it -> the encoded file (a uint8 numpy buffer) in the format `ext`
     names (".png", ...), carrying `metadata` (read_image's info["metadata"]) where the format can.
     16 bits are kept in PNG and TIFF (elsewhere rounded to 8), alpha everywhere but JPEG. `jpeg_quality`
-    is also HEIC's and AVIF's quality."""
+    is also HEIC's and AVIF's quality. order: "RGB" or "BGR", the layout of colour arrays (OpenCV encodes
+    BGR as it is; Pillow gets a converted copy)."""
     metadata = metadata or {}
     if image.dtype == np.uint16 and ext not in FORMATS_WITH_16_BITS:
         image = ((image.astype(np.float32) + 128.5) / 257).astype(np.uint8)  # round(x / 257)
@@ -671,9 +687,10 @@ def encode_image(image, ext, jpeg_quality=95, metadata=None):
         image = image[..., :3]
     pillow_can_hold = image.dtype == np.uint8 or image.ndim == 2  # Pillow has no 16-bit RGB(A) mode
     if ext in (".gif", ".heic", ".heif", ".avif") or (metadata and ext in PILLOW_FORMATS and pillow_can_hold):
-        return encode_with_pil(np.ascontiguousarray(image), ext, jpeg_quality, metadata)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+        rgb = swap_red_and_blue(image) if order == "BGR" else image
+        return encode_with_pil(np.ascontiguousarray(rgb), ext, jpeg_quality, metadata)
+    if order == "RGB":
+        image = swap_red_and_blue(image)
     ok, encoded = cv2.imencode(ext, image, encoder_params(ext, jpeg_quality))
     if not ok:
         raise OSError(f"OpenCV could not encode a {image.shape} {image.dtype} image as {ext}")

@@ -20,10 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import validate
+from curve_kernel import NUM_CURVE_STEPS  # a constant of the CPU kernel
 from runtime import UserError, socket_timeout
 
 NUM_FEATURES = 32
-NUM_CURVE_STEPS = 8
 
 
 def get_device(name="auto"):

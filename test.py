@@ -14,6 +14,10 @@ corrupt, out of memory, an encoder's error) is reported in one line naming it (r
 SGZ_DEBUG=1 adds the traceback), the others go on, and the run exits 1. Only Ctrl-C and SIGTERM stop it.
 """
 
+import curve_kernel
+
+curve_kernel.load_in_background()  # beside torch's import, not beside the first decoders (see curve_kernel)
+
 import os
 import shutil
 import sys
@@ -173,16 +177,21 @@ class Tester:
         runtime.pause_point()
         if Path(dst).resolve() == Path(src).resolve():
             raise UserError(f"writing {dst} would overwrite its input; choose another output path")
-        image, info = image_io.read_image(src, self.max_pixels, strict=not self.allow_corrupt, all_frames=True)
+        # In OpenCV's channel order: its decoders and encoders then convert nothing (the curve works on each
+        # channel alone, and Enhancer shows its network the small copy in RGB).
+        image, info = image_io.read_image(
+            src, self.max_pixels, strict=not self.allow_corrupt, all_frames=True, order="BGR"
+        )
         for note in info["notes"]:
             tqdm.write(f"note: {src}: {note}", file=sys.stderr)
         animation = info.get("animation")
         pixels = image.shape[0] * image.shape[1]
         if animation:
-            frames = [self.enhancer.enhance_array(frame) for frame in animation["frames"]]
+            frames = [self.enhancer.enhance_array(frame, order="BGR") for frame in animation["frames"]]
             pixels += sum(frame.shape[0] * frame.shape[1] for frame in frames)
             animation = {**animation, "frames": frames}
-        image_io.write_image(dst, self.enhancer.enhance_array(image), self.quality, info["metadata"], animation)
+        enhanced = self.enhancer.enhance_array(image, order="BGR")
+        image_io.write_image(dst, enhanced, self.quality, info["metadata"], animation, order="BGR")
         return pixels
 
     def run(self, input_path, output_dir, workers=0, rank=0, world_size=1, progress=True, output_format="same"):

@@ -4,6 +4,10 @@
   thread per core (what test.py would take if enhancing cost nothing);
 - the sequential floor: the same, one file after another with OpenCV's default settings (the older floor).
 
+It also times `python -c "import torch"` and prints the bars from the best of the runs: inside the process
+and the whole process minus torch's import, each against the parallel floor; then where test.py's CPU time
+goes, stage by stage (benchmarks/profile_stages.py; --no_stages leaves it out).
+
 For `python test.py` it reports the time inside the process (the "N images ... in S s" it prints: decoding,
 enhancing, encoding) and the whole process as a user runs it (start-up, imports, weights, the same work),
 with CPU time and peak RSS. It also checks the outputs: fp32 against the straightforward fp32 computation
@@ -55,7 +59,14 @@ def get_bench_parser():
         help="only enhance one 12-megapixel photo (4000x3000) at --scale_factor 1, the network on the whole image "
         "(in tiles): wall time and peak RSS",
     )
+    p.add_argument("--no_stages", action="store_true", help="do not print the per-stage CPU profile")
     return p
+
+
+def import_torch_seconds():
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return {"wall": time.perf_counter() - start}
 
 
 def transcode(src, dst):
@@ -159,7 +170,7 @@ def main(args):
             scale1_memory(files[0], Path(tmp), args.weight_dir)
         return
     precisions = ["fp32"] + ([] if args.no_bf16 else ["bf16"])
-    results = {"parallel": [], "sequential": [], **{p: [] for p in precisions}}
+    results = {"parallel": [], "sequential": [], "import torch": [], **{p: [] for p in precisions}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in results:
@@ -167,6 +178,7 @@ def main(args):
         for _ in range(args.repeat):  # interleaved, so that a noisy moment hits every configuration alike
             results["parallel"].append(parallel_floor(files, tmp / "parallel"))
             results["sequential"].append(sequential_floor(files, tmp / "sequential"))
+            results["import torch"].append(import_torch_seconds())
             for precision in precisions:
                 results[precision].append(
                     run_test_py(
@@ -206,6 +218,15 @@ def main(args):
                 f"| {median(runs, 'cpu'):.2f} | "
                 f"{median(runs, 'cpu') / floor_cpu:.2f} | {max(r['rss'] for r in runs):.2f} |"
             )
+        best = {name: min(r["wall"] for r in runs) for name, runs in results.items()}
+        best_inside = min(r["inside"] for r in results["fp32"])
+        floor_best, script = best["parallel"], best["fp32"] - best["import torch"]
+        print(
+            f"\nbars, best of {args.repeat}: inside the process {best_inside:.2f} s = {best_inside / floor_best:.2f}x "
+            f"the parallel floor ({floor_best:.2f} s; bar 1.4x); whole process {best['fp32']:.2f} s minus "
+            f"`import torch` {best['import torch']:.2f} s = {script / floor_best:.2f}x (bar 1.6x); "
+            f"peak RSS {max(r['rss'] for r in results['fp32']):.2f} GB (bar 1.2)"
+        )
         if args.repeat > 1:
             print("all runs, wall (s):", {k: [round(r["wall"], 2) for r in v] for k, v in results.items()})
             print(
@@ -220,6 +241,10 @@ def main(args):
                 f"\nmax |fp32 - straightforward fp32 reference| = {vs_reference}/255"
                 + (f"; max |bf16 - fp32| = {vs_bf16}/255" if "bf16" in precisions else "")
             )
+        if not args.no_stages:
+            sys.stdout.flush()
+            profile = [sys.executable, str(ROOT / "benchmarks" / "profile_stages.py"), "photos"]
+            subprocess.run([*profile, "--input_dir", args.input_dir, "--weight_dir", args.weight_dir], check=True)
         if args.mpix100:
             big = tmp / "big" / "photo_100mpix.png"
             big.parent.mkdir()

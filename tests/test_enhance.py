@@ -163,6 +163,29 @@ def test_strength_and_map_filter(enhancer):
     assert image.mean() < gentle < full or image.mean() > gentle > full
 
 
+@pytest.mark.parametrize("channels, dtype", [(3, np.uint8), (4, np.uint8), (3, np.uint16)])
+def test_bgr_in_and_out_is_rgb_reversed(enhancer, channels, dtype):
+    """OpenCV's layout (test.py decodes and encodes in it): the same enhancement, channels reversed; also
+    with a map filter, which sees the map in RGB either way."""
+    rgb = dark_image((67, 91, 3), dtype)
+    if channels == 4:
+        rgb = np.dstack([rgb, np.arange(67 * 91).reshape(67, 91).astype(dtype)])
+    bgr = np.ascontiguousarray(rgb[..., [2, 1, 0, 3][:channels]])
+    order = [2, 1, 0, 3][:channels]
+    np.testing.assert_array_equal(enhancer.enhance_array(bgr, order="BGR"), enhancer.enhance_array(rgb)[..., order])
+    seen = []
+
+    def halve_red(curve_map):
+        seen.append(curve_map[0, 0].clone())
+        return curve_map * torch.tensor([0.5, 1.0, 1.0]).view(1, 3, 1, 1)
+
+    out = enhancer.enhance_array(bgr, order="BGR", map_filter=halve_red)
+    np.testing.assert_array_equal(out, enhancer.enhance_array(rgb, map_filter=halve_red)[..., order])
+    torch.testing.assert_close(seen[0], seen[1])  # the red channel's map, both times
+    grey = rgb[..., 0].copy()
+    np.testing.assert_array_equal(enhancer.enhance_array(grey, order="BGR"), enhancer.enhance_array(grey))
+
+
 def test_bf16_is_within_2_of_255_of_fp32(shared, official_weights):
     image = image_io.read_image(shared / "data" / "test_data" / "real" / "101_0_.png")[0]
     fp32 = Enhancer(official_weights, device="cpu").enhance_array(image)
@@ -175,6 +198,8 @@ def test_bad_arguments(weights, enhancer):
         Enhancer(weights, device="cpu", precision="fp16")
     with pytest.raises(ValueError, match="uint8 or uint16"):
         enhancer.enhance_array(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(ValueError, match="order"):
+        enhancer.enhance_array(np.zeros((4, 4, 3), np.uint8), order="YUV")
     with pytest.raises(UserError, match="nothere.pth"):
         Enhancer("nothere.pth", device="cpu")
 

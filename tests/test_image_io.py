@@ -41,6 +41,26 @@ def test_read_write_round_trips_keep_mode_depth_and_alpha(tmp_path):
     assert image_io.read_image(tmp_path / "rgba.jpg")[0].shape == (30, 40, 3)
 
 
+def test_bgr_order_is_rgb_reversed_through_every_decoder_and_encoder(tmp_path):
+    """order="BGR" (test.py's): the same pixels and the same files, channels reversed, whichever library
+    decodes (OpenCV, simplejpeg, Pillow) or encodes (OpenCV, Pillow with metadata)."""
+    rgb = dark_image((30, 40, 3))
+    rgba = np.dstack([rgb, rgb[..., :1] * 0 + 77])
+    Image.fromarray(rgb).save(tmp_path / "simplejpeg.jpg")
+    Image.fromarray(rgba).save(tmp_path / "opencv.png")
+    Image.fromarray(rgb).save(tmp_path / "pillow.gif")  # a format OpenCV declines
+    for path in sorted(tmp_path.iterdir()):
+        image = image_io.read_image(path)[0]
+        bgr = image_io.read_image(path, order="BGR")[0]
+        assert image.ndim == 3, path.name
+        np.testing.assert_array_equal(bgr, image[..., [2, 1, 0, 3][: image.shape[2]]], err_msg=path.name)
+    metadata = {"icc_profile": b"not really a profile"}
+    for ext, image, meta in [(".png", rgba, None), (".jpg", rgb, metadata), (".webp", rgba, metadata)]:
+        bgr = np.ascontiguousarray(image[..., [2, 1, 0, 3][: image.shape[2]]])
+        expected = image_io.encode_image(image, ext, 90, meta)
+        np.testing.assert_array_equal(image_io.encode_image(bgr, ext, 90, meta, order="BGR"), expected, err_msg=ext)
+
+
 def test_palette_images_and_lying_extensions(tmp_path):
     rgb = dark_image((30, 40, 3))
     Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")

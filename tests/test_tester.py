@@ -332,8 +332,8 @@ def test_non_finite_network_output_is_an_error(weights, tmp_path, monkeypatch, c
 
     real = Enhancer.curve_map_rows
 
-    def poisoned(self, rgb, *args):
-        return real(self, rgb * float("inf"), *args)
+    def poisoned(self, rgb, *args, **kwargs):
+        return real(self, rgb * float("inf"), *args, **kwargs)
 
     monkeypatch.setattr(Enhancer, "curve_map_rows", poisoned)
     Image.fromarray(dark_image((20, 30, 3))).save(tmp_path / "p.png")

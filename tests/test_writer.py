@@ -14,6 +14,7 @@ from conftest import ROOT
 import export
 import runtime
 import train
+import train_utils
 from option import get_export_parser, get_train_parser
 from runtime import UserError, atomic_output, check_output_path, run_script
 
@@ -186,10 +187,10 @@ def test_a_run_folder_that_is_no_folder_is_refused(tmp_path, capsys, what):
 
 
 def test_a_fifo_among_the_run_files_is_refused_before_training(tmp_path, capsys):
-    os.mkfifo(tmp_path / train.LOG)
+    os.mkfifo(tmp_path / train_utils.LOG)
     status = run_script(train.main, get_train_parser(), ["--snapshots_folder", str(tmp_path)])
     assert status == 2 and "it is a FIFO" in capsys.readouterr().err
-    assert listing(tmp_path) == [train.LOG] and (tmp_path / train.LOG).is_fifo()
+    assert listing(tmp_path) == [train_utils.LOG] and (tmp_path / train_utils.LOG).is_fifo()
 
 
 def test_save_torch_writes_atomically(tmp_path):
