@@ -8,19 +8,18 @@ import torch
 import torch.utils.data as data
 from PIL import Image
 
-from image_io import DEFAULT_MAX_PIXELS, find_images, load_rgb
-from runtime import input_failure
+from image_io import DEFAULT_MAX_PIXELS, find_images, header_size, load_rgb
+from runtime import UserError, input_failure
 
 
 def header_is_readable(path, max_pixels=DEFAULT_MAX_PIXELS):
     """True when Pillow recognises the file from its header and it declares no more pixels than the
     reader accepts (a PNG that claims 100000x100000 is a decompression bomb, not a training image)."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception:  # above Pillow's own limit, not an image, a header Pillow trips over
+        size = header_size(path, path)
+    except UserError:  # a forged size
         return False
-    return w * h <= max_pixels
+    return size is not None and size[0] * size[1] <= max_pixels
 
 
 class LowLightDataset(data.Dataset):

@@ -23,7 +23,9 @@ Nothing is dropped silently:
   a line the scripts print."""
 
 import collections
+import contextlib
 import io
+import numbers
 import os
 import struct
 import zlib
@@ -147,6 +149,46 @@ def output_extension(src, output_format="same"):
 
 TIFF_BITS_PER_SAMPLE, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 258, 322, 323
 PNG_BIT_DEPTH_OFFSET = 24  # signature (8), IHDR length and type (8), width and height (8)
+MAX_HEADER_SIDE = 2**31 - 1  # the most a PNG may declare (TIFF and BMP headers may say more; nothing decodes it)
+MAX_BITS_PER_SAMPLE = 32  # 32-bit float TIFFs are read (and then refused); no image format here holds more
+
+
+def header_int(value, what, name, low=1, high=MAX_HEADER_SIDE):
+    """A number read from a file's header (a size, a tile size, a bit depth), checked before it sizes any
+    allocation or budget: a forged file may give it as text, a fraction, a list or far out of range, where
+    arithmetic on it would build a 1 GB string or a negative budget. Returns it as an int; anything but a
+    whole number from `low` to `high` is a UserError naming the file."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high:
+        return int(value)
+    shown = repr(value)[:40]
+    raise UserError(
+        f"{name}: its header gives {what} as {shown}, not a whole number from {low} to {high} (corrupt or forged)"
+    )
+
+
+def first_line(e, limit=200):
+    """An exception as one short line: its type and the first line of its message."""
+    message = (str(e).strip().splitlines() or [""])[0][:limit]
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+@contextlib.contextmanager
+def decoder_errors(name, what, hint=""):
+    """Around a call into a decoder library (Pillow, OpenCV, simplejpeg, libheif) on a file's bytes: whatever
+    the library raises there (cv2.error, ValueError, OSError, struct.error, zlib.error, SyntaxError, EOFError,
+    IndexError, ... its parsers are not written to raise only one type) is the file's fault, a UserError
+    naming it. Only decoder calls go inside, so a bug in our own code still shows as itself. MemoryError
+    is not the file's to fix: it goes through, to the caller's containment."""
+    try:
+        yield
+    except (UserError, MemoryError):
+        raise
+    except UnidentifiedImageError:  # Pillow's message would only repeat the name (or print a BytesIO)
+        raise UserError(f"{name}: not a readable image (no image format recognised)") from None
+    except Image.DecompressionBombError as e:  # Pillow's own limit (Image.MAX_IMAGE_PIXELS), when below ours
+        raise UserError(f"{name}: {e}") from None
+    except Exception as e:  # noqa: BLE001  (see above: the decoder's exception types are not a closed set)
+        raise UserError(f"{name}: {what} ({first_line(e)}){hint}") from None
 
 
 def exif_orientation(im):
@@ -157,7 +199,9 @@ def exif_orientation(im):
         orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a damaged EXIF block must not make a good photo unreadable
         return 1
-    return orientation if orientation in ORIENTATION_TRANSFORMS else 1
+    # A forged one may be text, a fraction or a list (unhashable): only the eight defined values count.
+    is_defined = isinstance(orientation, int) and not isinstance(orientation, bool)
+    return orientation if is_defined and orientation in ORIENTATION_TRANSFORMS else 1
 
 
 def carried_exif(im, orientation):
@@ -194,8 +238,22 @@ def carried_metadata(im, orientation):
     return {key: value for key, value in metadata.items() if value}
 
 
+def png_chunks_fit(data):
+    """Whether a PNG is a whole chain of chunks, each within the file, up to its end chunk (IEND, empty).
+    OpenCV's reader allocates a chunk's declared length before reading it: a 189-byte PNG whose last chunk
+    claims 3.5 GB took 4 GB of memory, and so did one whose IEND held a byte (OpenCV read on past it); a PNG
+    cut short makes libpng print a message."""
+    at = 8  # the signature
+    while at + 12 <= len(data):  # length, type, ..., CRC
+        length, kind = struct.unpack_from(">I4s", data, at)
+        at += 12 + length
+        if kind == b"IEND":
+            return length == 0 and at <= len(data)
+    return False
+
+
 def opencv_decodes_cleanly(image_format, orientation, data, mode, info):
-    """False where OpenCV would misbehave: a PNG without its end chunk (it prints a libpng message), a
+    """False where OpenCV would misbehave: a PNG whose chunks do not fit in the file (png_chunks_fit), a
     TIFF with an orientation tag (its TIFF reader applies the flips itself and fails on the rotations),
     grey images with alpha or a transparent colour (it drops the alpha), and formats it cannot read."""
     if image_format not in ("PNG", "BMP", "TIFF", "WEBP"):
@@ -203,7 +261,7 @@ def opencv_decodes_cleanly(image_format, orientation, data, mode, info):
     if mode in ("LA", "La") or (mode in ("L", "I", "I;16", "I;16B") and "transparency" in info):
         return False
     if image_format == "PNG":
-        return data.rfind(b"IEND") != -1
+        return png_chunks_fit(data)
     return image_format != "TIFF" or orientation == 1
 
 
@@ -221,14 +279,12 @@ def check_jpeg_size(data, width, height, name):
 def decode_jpeg(data, name, strict, order="RGB"):
     """A JPEG's pixels (colour in `order`, or grey) with libjpeg-turbo through simplejpeg, which (strict)
     turns libjpeg's warnings about corrupt data into an error. None for CMYK/YCCK, which Pillow converts."""
-    colorspace = simplejpeg.decode_jpeg_header(data)[2]
-    if colorspace not in ("Gray", "YCbCr", "RGB"):
-        return None
-    try:
+    hint = " (test.py --allow_corrupt enhances it anyway)" if strict else ""
+    with decoder_errors(name, "corrupt or truncated JPEG", hint):
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        if colorspace not in ("Gray", "YCbCr", "RGB"):
+            return None
         image = simplejpeg.decode_jpeg(data, "GRAY" if colorspace == "Gray" else order, strict=strict)
-    except ValueError as e:
-        hint = " (test.py --allow_corrupt enhances it anyway)" if strict else ""
-        raise UserError(f"{name}: corrupt or truncated JPEG ({e}){hint}") from None
     return image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
 
 
@@ -305,22 +361,51 @@ def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_frames=Fals
 ImageHeader = collections.namedtuple("ImageHeader", "format width height decoded_bytes")
 
 
-def image_header(data):
+def header_size(source, name="image"):
+    """(width, height) from the header of an image file (a path, or its bytes), nothing decoded: None where
+    Pillow finds no image (read_image says why); a UserError naming the file (`name`) where the header's
+    size is no number in range (header_int)."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            width, height = im.size
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001  (whatever Pillow's parsers raise: no header; read_image says why)
+        return None
+    return header_int(width, "the width", name), header_int(height, "the height", name)
+
+
+def tiff_tile_pixels(tags, name):
+    """The pixels of one tile of a tiled TIFF (its TIFF tags as a dict), 0 for strips: the decoder's buffer
+    for one tile, which the header may declare far larger than the image."""
+    if TIFF_TILE_WIDTH not in tags and TIFF_TILE_LENGTH not in tags:
+        return 0
+    width = header_int(tags.get(TIFF_TILE_WIDTH), "the tile width", name)
+    return width * header_int(tags.get(TIFF_TILE_LENGTH), "the tile length", name)
+
+
+def image_header(data, name="image"):
     """What the header of an image file in memory says, before anything is decoded: its format, size and
     the most bytes that decoding it can take: the image at up to 4 samples of the header's bit depth, plus
     a tiled TIFF's tile buffer (a tile may be declared far larger than the image). The web demo budgets its
-    memory with it. None where Pillow finds no image (decode_image says why)."""
+    memory with it. None where Pillow finds no image (decode_image says why); a UserError naming the file
+    (`name`) where a value the budget rests on is not a number in range (see header_int)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             image_format, (width, height) = im.format, im.size
-            tags = getattr(im, "tag_v2", {})
-            bits = tags.get(TIFF_BITS_PER_SAMPLE, 8)
-            tile_pixels = tags.get(TIFF_TILE_WIDTH, 0) * tags.get(TIFF_TILE_LENGTH, 0)
-    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            tags = dict(getattr(im, "tag_v2", {}))
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001  (whatever Pillow's parsers raise: no header; decode_image says why)
         return None
-    if image_format == "PNG":
-        bits = data[PNG_BIT_DEPTH_OFFSET]  # Pillow opens 16-bit colour PNGs as 8-bit modes; OpenCV keeps 16 bits
-    bits = max(bits) if isinstance(bits, tuple) else bits
+    width, height = header_int(width, "the width", name), header_int(height, "the height", name)
+    if image_format == "PNG":  # Pillow opens 16-bit colour PNGs as 8-bit modes; OpenCV keeps 16 bits
+        samples = [data[PNG_BIT_DEPTH_OFFSET]]
+    else:
+        samples = tags.get(TIFF_BITS_PER_SAMPLE, 8)
+        samples = list(samples) if isinstance(samples, tuple) and samples else [samples]
+    bits = max(header_int(b, "the bits per sample", name, high=MAX_BITS_PER_SAMPLE) for b in samples)
+    tile_pixels = tiff_tile_pixels(tags, name)
     return ImageHeader(image_format, width, height, (width * height + tile_pixels) * 4 * max(1, -(-bits // 8)))
 
 
@@ -364,12 +449,20 @@ def uniform_frames(frames):
     return frames
 
 
-def decode_frames(data, notes):
-    """Every frame of a multi-frame image (Pillow): (frames, durations in ms or None each, loop count or None)."""
-    frames, durations = [], []
+def decode_frames(data, notes, name="image", max_pixels=DEFAULT_MAX_PIXELS):
+    """Every frame of a multi-frame image (Pillow): (frames, durations in ms or None each, loop count or None).
+    Each frame's size is read from its own header (a GIF's canvas may grow at any frame, to 65535x65535):
+    all frames together may have at most `max_pixels`, checked before each is decoded."""
+    frames, durations, pixels = [], [], 0
     with Image.open(io.BytesIO(data)) as im:
         loop = im.info.get("loop")
         for frame in ImageSequence.Iterator(im):
+            pixels += header_int(frame.width, "a frame's width", name) * header_int(frame.height, "its height", name)
+            if pixels > max_pixels:
+                raise UserError(
+                    f"{name}: its frames are over {max_pixels / 1e6:.0f} megapixels together (a frame larger than "
+                    "the first, corrupt or forged?); raise --max_mpix if the image is genuine"
+                )
             frame.load()  # WebP's reader sets a frame's duration when it decodes it
             durations.append(frame.info.get("duration"))
             frames.append(pil_array(frame, notes))
@@ -379,21 +472,23 @@ def decode_frames(data, notes):
 def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_frames=False, order="RGB"):
     """read_image for the bytes of an image file already in memory (the web demo's uploads); `name` is
     what the error messages call it."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # header only: format, size, EXIF
-            image_format, (w, h), orientation = im.format, im.size, exif_orientation(im)
-            mode, info, metadata = im.mode, dict(im.info), carried_metadata(im, orientation)
-            frames = frame_count(im) if all_frames else 1  # the header of the next frame at most, if asked
-    except Image.DecompressionBombError as e:  # Pillow's own limit (Image.MAX_IMAGE_PIXELS), when below ours
-        raise UserError(f"{name}: {e}") from None
-    except UnidentifiedImageError:  # Pillow's message would only repeat the name (or print a BytesIO)
-        raise UserError(f"{name}: not a readable image (no image format recognised)") from None
-    except (OSError, SyntaxError, ValueError, RuntimeError) as e:  # RuntimeError: libheif's
-        raise UserError(f"{name}: not a readable image ({e})") from None
+    with decoder_errors(name, "not a readable image"), Image.open(io.BytesIO(data)) as im:  # header only
+        image_format, (w, h), orientation = im.format, im.size, exif_orientation(im)
+        mode, info, metadata = im.mode, dict(im.info), carried_metadata(im, orientation)
+        tags = dict(getattr(im, "tag_v2", {}))
+        frames = frame_count(im) if all_frames else 1  # the header of the next frame at most, if asked
+    w, h = header_int(w, "the width", name), header_int(h, "the height", name)
+    frames = header_int(frames, "the frame count", name)
     if w * h > max_pixels:
         raise UserError(
             f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
             f"{max_pixels / 1e6:.0f} (a decompression bomb?); raise --max_mpix if the image is genuine"
+        )
+    tile_pixels = tiff_tile_pixels(tags, name)
+    if tile_pixels > max_pixels:  # the decoder allocates a whole tile, whatever the image's size
+        raise UserError(
+            f"{name}: its header declares tiles of {tile_pixels:,} pixels, above the limit of "
+            f"{max_pixels:,.0f} (corrupt or forged)"
         )
     if all_frames and w * h * frames > max_pixels:
         raise UserError(
@@ -402,10 +497,8 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_fra
         )
     notes = []
     if all_frames and frames > 1:
-        try:
-            images, durations, loop = decode_frames(data, notes)
-        except (OSError, SyntaxError, ValueError, RuntimeError, EOFError) as e:
-            raise UserError(f"{name}: corrupt or truncated {image_format} file ({e})") from None
+        with decoder_errors(name, f"corrupt or truncated {image_format} file"):
+            images, durations, loop = decode_frames(data, notes, name, max_pixels)
         metadata = drop_foreign_profile(metadata, images[0], mode == "CMYK", notes)
         if order == "BGR":
             images = [swap_red_and_blue(f, dst=f) for f in images]
@@ -426,17 +519,18 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS, strict=True, all_fra
         if image is not None and orientation != 1:
             image = np.ascontiguousarray(ORIENTATION_TRANSFORMS[orientation](image))
     elif opencv_decodes_cleanly(image_format, orientation, data, mode, info):
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # 1.3-4x faster than Pillow
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # 1.3-4x faster than Pillow
+        except cv2.error:  # OpenCV's own limits (a side over 2^20, ...) or a file it misreads: Pillow decides
+            image = None
         if image is not None:
             if order == "RGB":
                 image = swap_red_and_blue(image, dst=image)
             if orientation != 1:  # IMREAD_UNCHANGED leaves it to us
                 image = np.ascontiguousarray(ORIENTATION_TRANSFORMS[orientation](image))
     if image is None:
-        try:
+        with decoder_errors(name, f"corrupt or truncated {image_format} file"):
             image = decode_with_pil(data, notes)
-        except (OSError, SyntaxError, ValueError, RuntimeError) as e:
-            raise UserError(f"{name}: corrupt or truncated {image_format} file ({e})") from None
         if order == "BGR":
             image = swap_red_and_blue(image, dst=image)
     if image.dtype not in (np.uint8, np.uint16):
@@ -530,7 +624,9 @@ def jpeg_segments(metadata):
     if "icc_profile" in metadata:
         icc = metadata["icc_profile"]
         chunks = [icc[i : i + 65519] for i in range(0, len(icc), 65519)]
-        for number, chunk in enumerate(chunks, 1):
+        # A JPEG numbers the chunks in one byte: a profile over 255 chunks (16.7 MB, only a TIFF's tag can hold
+        # one) is left behind, as the segments too long for one are.
+        for number, chunk in enumerate(chunks if len(chunks) <= 255 else [], 1):
             out += segment(b"\xe2", b"ICC_PROFILE\x00" + bytes([number, len(chunks)]) + chunk)
     return out
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageFile
+from PIL import ImageFile
 from tqdm import tqdm
 
 import image_io
@@ -108,11 +108,12 @@ def estimated_output_bytes(src, dst):
     if src.suffix.lower() == dst.suffix.lower():
         return 3 * src.stat().st_size
     try:
-        with Image.open(src) as im:  # the header only
-            pixels = im.width * im.height
-    except Exception:  # any header Pillow cannot read: read_image will name the problem
-        return 3 * src.stat().st_size
-    return pixels * (1 if dst.suffix.lower() in (".jpg", ".jpeg", ".heic", ".heif", ".avif") else 3)
+        width, height = image_io.header_size(src, src) or (0, 0)
+    except UserError:
+        width = height = 0
+    if not width:
+        return 3 * src.stat().st_size  # read_image will name the problem
+    return width * height * (1 if dst.suffix.lower() in (".jpg", ".jpeg", ".heic", ".heif", ".avif") else 3)
 
 
 def check_output_folder(jobs, out_root):

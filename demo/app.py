@@ -126,9 +126,9 @@ def read_body(stream, max_bytes):
 def check_upload_header(data, name, max_pixels):
     """Refuse, from the header alone, what the page does not offer or would be turned against the server:
     another format, too many pixels, a side longer than any photo's, a progressive JPEG with more scans
-    than any camera writes. Returns
-    the header (None when there is none: decode_upload then says what is wrong)."""
-    header = image_header(data)
+    than any camera writes. A header whose values are no numbers in range raises UserError (image_io.header_int:
+    before they size anything), which upload_failures answers. Returns the header."""
+    header = image_header(data, name)
     if header is None:
         raise BadRequest(UNREADABLE, 422)
     if header.format not in UPLOAD_FORMATS:
