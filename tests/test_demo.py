@@ -388,7 +388,7 @@ def test_browser_upload_shows_and_downloads_the_enhanced_photo(browser, server, 
 
     # A bad upload: a clear message on the page, and the server goes on serving.
     page.set_input_files("#file", not_a_photo)
-    expect(page.locator("#error")).to_contain_text("notes.jpg: not a readable image")
+    expect(page.locator("#error")).to_contain_text("This file could not be read as an image")
     expect(page.locator("#result")).to_be_hidden()
     page.set_input_files("#file", photo)
     expect(page.locator("#result")).to_be_visible()
