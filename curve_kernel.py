@@ -2,14 +2,18 @@
 and the 8-step curve applied, in one pass over the pixels (enhance.apply_curve_cpu calls it).
 
 It imports only numpy (numba on first use), so that a script can start loading the kernel before it imports
-PyTorch: numba's import and the first load of the cached kernel take about 0.5 CPU-seconds, mostly
-importing numba's own modules (and SciPy's BLAS, which numba checks for). Started first thing in a
+PyTorch: numba's import and the first load of the cached kernel take about 0.4 CPU-seconds, mostly
+importing numba's own modules (and 0.3 more if numba imported SciPy's BLAS, which it checks for: see
+scipy_refused). Started first thing in a
 background thread (load_in_background), that load runs beside PyTorch's own import and is done before the
 first image is decoded. Both imports hold the GIL most of the time, so start-up gains little from running
 them side by side; what the early start buys is a run that no longer shares its first second with the load
 (whose imports, holding the GIL, also stall the decoding threads between their OpenCV calls).
 """
 
+import contextlib
+import importlib.abc
+import sys
 import threading
 
 import numpy as np
@@ -59,18 +63,46 @@ def curve_rows_kernel():
         return _compiled_kernel
 
 
+class SciPyRefused(importlib.abc.MetaPathFinder):
+    """An import hook that refuses SciPy to one thread (the one that creates it), and to no other."""
+
+    def __init__(self):
+        self.thread = threading.get_ident()
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "scipy" and threading.get_ident() == self.thread:
+            raise ModuleNotFoundError(f"{name}: not imported while the curve kernel loads", name=name)
+        return None  # the other finders look for it as usual
+
+
+@contextlib.contextmanager
+def scipy_refused():
+    """SciPy cannot be imported by this thread inside the block. numba's first load of any compiled function
+    loads all its implementations, among them np.dot's, and that imports SciPy's BLAS (0.3 CPU-seconds,
+    half the load) just to see whether it is there; without SciPy numba marks BLAS missing and loads the rest.
+    The kernel calls no BLAS, and a numba function compiled later that does imports SciPy then."""
+    finder = SciPyRefused()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
 def warm_up_curve_kernel():
-    """Load (or compile) the kernel for the common case, 8-bit colour in and out, on a 1x1 image."""
+    """Load (or compile) the kernel for the common case, 8-bit colour in and out, on a 1x1 image (without
+    SciPy: see scipy_refused)."""
     pixel = np.zeros((1, 3), np.uint8)
-    curve_rows_kernel()(
-        pixel,
-        np.zeros((1, 3), np.float32),
-        np.zeros(1, np.int64),
-        np.zeros(1, np.int64),
-        np.zeros(1, np.float32),
-        255.0,
-        pixel,
-    )
+    with scipy_refused():
+        curve_rows_kernel()(
+            pixel,
+            np.zeros((1, 3), np.float32),
+            np.zeros(1, np.int64),
+            np.zeros(1, np.int64),
+            np.zeros(1, np.float32),
+            255.0,
+            pixel,
+        )
 
 
 _loader = None

@@ -57,10 +57,38 @@ def plural(count, noun):
 def configure_process():
     """Process-wide settings the scripts make, here and nowhere else. Pillow's own pixel limit is lifted
     because the image reader checks --max_mpix itself from the header, before decoding (Pillow would
-    stop at 179 MPix and warn from 89)."""
+    stop at 179 MPix and warn from 89). Freed memory is kept for reuse (keep_freed_memory)."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None
+    keep_freed_memory()
+
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's own largest (HEAP_MAX_SIZE / 2 on 64-bit)
+TRIM_THRESHOLD = 1 << 30
+
+
+def keep_freed_memory():
+    """Let glibc's malloc keep freed blocks for the next image instead of handing them back to the kernel.
+    By default a block over 128 KB (a decoded photo, a frame, a band) is its own mapping, unmapped when freed,
+    and the free memory at the top of a heap is returned; the next image's buffers are then fresh pages,
+    each faulted in and zeroed by the kernel on first touch: a third of test.py's system time and 10% of its
+    wall time on a folder of photos. Blocks up to 32 MB (a 4K frame is 25 MB) now come from the heaps, which
+    keep up to 1 GB free; larger ones are still mapped and unmapped. Peak memory is unchanged (the blocks
+    are reused, not added). Only with glibc (elsewhere nothing is done)."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
 def run_script(main, parser, argv=None):

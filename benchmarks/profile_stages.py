@@ -113,6 +113,7 @@ def main():
     p.add_argument("--video_path")
     p.add_argument("--weight_dir", default=str(ROOT / "weight" / "sgz.pth"))
     args = p.parse_args()
+    test.runtime.configure_process()  # as run_script does in the scripts
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "photos":
             count_photo_stages()
