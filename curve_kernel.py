@@ -1,14 +1,11 @@
 """The full-resolution step of the enhancement on CPUs, compiled by numba: the curve map's rows interpolated
 and the 8-step curve applied, in one pass over the pixels (enhance.apply_curve_cpu calls it).
 
-It imports only numpy (numba on first use), so that a script can start loading the kernel before it imports
-PyTorch: numba's import and the first load of the cached kernel take about 0.4 CPU-seconds, mostly
-importing numba's own modules (and 0.3 more if numba imported SciPy's BLAS, which it checks for: see
-scipy_refused). Started first thing in a
-background thread (load_in_background), that load runs beside PyTorch's own import and is done before the
-first image is decoded. Both imports hold the GIL most of the time, so start-up gains little from running
-them side by side; what the early start buys is a run that no longer shares its first second with the load
-(whose imports, holding the GIL, also stall the decoding threads between their OpenCV calls).
+numba is imported on first use. Its import and the first load of the cached kernel take about 0.4 CPU-seconds,
+mostly numba's own modules (0.3 more if numba imported SciPy's BLAS, which it checks for: see scipy_refused).
+Enhancer does that load when it is made on a CPU (warm_up_curve_kernel), after PyTorch's import and before any
+image. Not beside PyTorch's import in a thread: both hold the GIL most of the time, and side by side they took
+0.1 s longer than one after the other.
 """
 
 import contextlib
@@ -103,16 +100,3 @@ def warm_up_curve_kernel():
             255.0,
             pixel,
         )
-
-
-_loader = None
-
-
-def load_in_background():
-    """Start loading the kernel (warm_up_curve_kernel) in a daemon thread, once per process; later calls
-    do nothing. The first call to the kernel waits for the load (numba's own lock)."""
-    global _loader
-    with _kernel_lock:
-        if _loader is None:
-            _loader = threading.Thread(target=warm_up_curve_kernel, name="sgz-kernel-load", daemon=True)
-            _loader.start()

@@ -186,7 +186,9 @@ class OneDNNConv2d(torch.nn.Conv2d):
     def forward(self, x):
         if x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32:
             return super().forward(x)  # other devices, autocast, other precisions: PyTorch's own choice
-        return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
+        return torch.mkldnn_convolution(
+            x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
+        )
 
 
 def pointwise_convs_on_onednn_(net):
@@ -284,7 +286,7 @@ class Enhancer:
             print(note, file=sys.stderr)
         self.band_elements = BAND_ELEMENTS["cpu" if self.device.type == "cpu" else "other"]
         if self.device.type == "cpu":
-            curve_kernel.load_in_background()  # the scripts start it before importing torch
+            curve_kernel.warm_up_curve_kernel()  # before any image, not in the middle of the first one
 
     def autocast(self):
         if PRECISIONS[self.precision] is None:

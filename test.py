@@ -14,10 +14,6 @@ corrupt, out of memory, an encoder's error) is reported in one line naming it (r
 SGZ_DEBUG=1 adds the traceback), the others go on, and the run exits 1. Only Ctrl-C and SIGTERM stop it.
 """
 
-import curve_kernel
-
-curve_kernel.load_in_background()  # beside torch's import, not beside the first decoders (see curve_kernel)
-
 import os
 import shutil
 import sys
@@ -116,6 +112,19 @@ def estimated_output_bytes(src, dst):
     return width * height * (1 if dst.suffix.lower() in (".jpg", ".jpeg", ".heic", ".heif", ".avif") else 3)
 
 
+def largest_first(jobs):
+    """The jobs by input file size, largest first (then by path): the threads then run out of work together,
+    none left alone with a big image at the end, and ranks under torchrun get equal shares."""
+
+    def size(job):
+        try:
+            return job[0].stat().st_size
+        except OSError:  # gone since it was found: read_image will name the problem
+            return 0
+
+    return sorted(jobs, key=lambda job: (-size(job), str(job[0])))
+
+
 def check_output_folder(jobs, out_root):
     """Fail before computing anything when the outputs cannot be written: the folder cannot be made or
     written to, a name is longer than its file system allows, or the free space is short of an
@@ -210,7 +219,7 @@ class Tester:
         summary = RunSummary(skipped=skipped if rank == 0 else [])
         for path, why in summary.skipped:
             tqdm.write(f"skipping {path}: {why}", file=sys.stderr)
-        jobs = jobs[rank::world_size]
+        jobs = largest_first(jobs)[rank::world_size]
         workers = max(1, min(workers or available_cpus(), len(jobs)))
         start = time.perf_counter()
         # Parallel images, serial ops (see thread_limits).

@@ -57,8 +57,7 @@ def count_stage(owner, name, stage):
     setattr(owner, name, counted(stage, getattr(owner, name)))
 
 
-# The scripts start loading the kernel as they are imported: counted from the start.
-count_stage(curve_kernel, "warm_up_curve_kernel", "kernel first load (background thread)")
+count_stage(curve_kernel, "warm_up_curve_kernel", "kernel first load")
 
 import cv2  # noqa: E402
 import make_video  # noqa: E402
@@ -124,7 +123,6 @@ def main():
         else:
             count_video_stages()
             count_stage(enhance.Enhancer, "__init__", "load the weights")
-            curve_kernel.load_in_background()  # as the video script does
             enhancer = enhance.Enhancer(args.weight_dir)
             make_video.enhance_video(enhancer, args.video_path, Path(tmp) / "out.mp4")
             inside = None

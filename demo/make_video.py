@@ -29,10 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, from any working directory
 
-import curve_kernel
-
-curve_kernel.load_in_background()  # beside torch's import, not beside the first frames (see curve_kernel)
-
 import av
 import cv2
 import numpy as np

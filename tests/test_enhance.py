@@ -251,3 +251,56 @@ def test_bad_scale_factor_and_strength_are_refused(enhancer, bad):
         enhancer.enhance_array(dark_image((8, 8, 3)), scale_factor=bad)
     with pytest.raises(UserError, match="strength: expected a finite number >= 0"):
         enhancer.enhance_array(dark_image((8, 8, 3)), strength=float("nan") if bad is True else -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed mechanisms: the same results by faster means
+# ---------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def test_pointwise_convs_on_onednn_compute_the_same_network(weights):
+    """The Enhancer's net runs its 1x1 convolutions through OneDNNConv2d (where PyTorch has oneDNN), and that
+    net computes the plain net's map (to float rounding), in fp32 and, falling back to PyTorch's own choice,
+    under bf16 autocast. The weights (the state dict) are untouched."""
+    plain = model.load_enhance_net(weights).eval().to(memory_format=torch.channels_last)
+    fast = model.load_enhance_net(weights).eval().to(memory_format=torch.channels_last)
+    enhance.pointwise_convs_on_onednn_(fast)
+    swapped = [m for m in fast.modules() if isinstance(m, enhance.OneDNNConv2d)]
+    if torch.backends.mkldnn.is_available():
+        assert len(swapped) == 7 and all(m.kernel_size == (1, 1) for m in swapped)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(fast.state_dict()[key], value)
+    x = torch.rand(1, 3, 37, 53).contiguous(memory_format=torch.channels_last)
+    assert (fast.curve_map_small(x) - plain.curve_map_small(x)).abs().max() < 1e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (fast.curve_map_small(x).float() - plain.curve_map_small(x).float()).abs().max() < 1e-2
+    assert (fast.curve_map_small(x.contiguous()) - plain.curve_map_small(x)).abs().max() < 1e-5  # NCHW input too
+
+
+def test_the_kernel_loads_without_scipy_and_scipy_stays_importable():
+    """In a fresh process the kernel's first load leaves SciPy out (numba only checks for its BLAS), and
+    SciPy can still be imported afterwards; the refusal holds only in the loading thread."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, threading\n"
+        "import curve_kernel\n"
+        "curve_kernel.warm_up_curve_kernel()\n"
+        "assert 'scipy' not in sys.modules, 'scipy imported by the load'\n"
+        "import scipy.linalg\n"
+        "finder = curve_kernel.SciPyRefused()\n"
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(finder.find_spec('scipy')))\n"
+        "t.start(); t.join()\n"
+        "assert seen == [None], 'refused in another thread'\n"
+        "try:\n"
+        "    finder.find_spec('scipy.special')\n"
+        "    raise SystemExit('not refused in its own thread')\n"
+        "except ModuleNotFoundError:\n"
+        "    pass\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -221,8 +221,22 @@ def test_torchrun_ranks_take_disjoint_shares(weights, tmp_path):
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     shares = [sorted(p.name for p in (tmp_path / f"out{rank}").iterdir()) for rank in (0, 1)]
-    assert shares == [["0.png", "2.png", "4.png"], ["1.png", "3.png"]]
+    order = [job[0].name for job in sgz_test.largest_first([(p, None) for p in sorted(src.iterdir())])]
+    assert shares == [sorted(order[0::2]), sorted(order[1::2])]
+    assert sorted(shares[0] + shares[1]) == [f"{i}.png" for i in range(5)]
     assert "[rank 1/2] 2 images" in outputs[1][0]
+
+
+def test_the_largest_images_are_started_first(weights, tmp_path, monkeypatch):
+    """So that two threads run out of work together: no big image is left to run alone at the end."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, side in [("a_small.png", 8), ("b_large.png", 90), ("c_medium.png", 40), ("d_tiny.png", 2)]:
+        Image.fromarray(dark_image((side, side, 3))).save(src / name)
+    started = []
+    monkeypatch.setattr(sgz_test.Tester, "enhance_file", lambda self, source, dst: started.append(source.name) or 1)
+    sgz_test.Tester(weights).run(src, tmp_path / "out", workers=1, progress=False)
+    assert started == ["b_large.png", "c_medium.png", "a_small.png", "d_tiny.png"]
 
 
 # ---------------------------------------------------------------------------------------------
