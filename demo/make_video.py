@@ -23,6 +23,7 @@ import itertools
 import os
 import re
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
@@ -35,7 +36,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from enhance import Enhancer
 from image_io import find_images, load_rgb, write_image
 from option import get_video_parser
 from runtime import (
@@ -122,6 +122,71 @@ def first_frame(path):
         for frame in decoded(container, path, container.streams.video[:1]):
             return frame
     raise UserError(f"{path} holds no decodable video frame; give a video file")
+
+
+# Decoded frames waiting for the network, at most (90 frames of 720p, 40 of 1080p, 10 of 4K, in 8-bit 4:2:0).
+READ_AHEAD_BYTES = 128 << 20
+
+
+class VideoReader:
+    """A video opened, and its audio packets and video frames decoded in a thread of its own, in file order, up to
+    READ_AHEAD_BYTES ahead of the loop that takes them. The script starts it before it imports PyTorch: PyTorch's
+    import (1.2 s, holding the GIL) leaves the other core idle, and the first frames decode there meanwhile.
+
+    Iterate it once: the items of `decoded` (audio packets and decoded video frames); an error of the decoder
+    (its UserError: damaged, truncated) comes out of the iteration where it happened. Use it as a context
+    manager: leaving stops the thread and closes the file."""
+
+    def __init__(self, path, max_bytes=READ_AHEAD_BYTES):
+        self.path, self.max_bytes = path, max_bytes
+        self.container = open_video(path)
+        self.items, self.bytes, self.stopped = collections.deque(), 0, False
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self.read, name="sgz-video-reader", daemon=True)
+        self.thread.start()
+
+    def read(self):
+        container = self.container
+        try:
+            for item in decoded(container, self.path, [*container.streams.video[:1], *container.streams.audio]):
+                self.put(item, sum(p.buffer_size for p in item.planes) if isinstance(item, av.VideoFrame) else 0)
+                if self.stopped:
+                    return
+            self.put(StopIteration(), 0)
+        except BaseException as e:  # the consumer raises it
+            self.put(e, 0)
+
+    def put(self, item, size):
+        with self.changed:
+            while self.bytes > self.max_bytes and not self.stopped:  # one item may overrun the budget
+                self.changed.wait()
+            self.items.append((item, size))
+            self.bytes += size
+            self.changed.notify_all()
+
+    def __iter__(self):
+        while True:
+            with self.changed:
+                while not self.items:
+                    self.changed.wait()
+                item, size = self.items.popleft()
+                self.bytes -= size
+                self.changed.notify_all()
+            if isinstance(item, StopIteration):
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        with self.changed:
+            self.stopped = True
+            self.changed.notify_all()
+        self.thread.join()
+        self.container.close()
 
 
 def display_matrix(frame):
@@ -370,24 +435,26 @@ def audio_packets(packet, stream, reencode):
 
 
 def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="medium", strength=1.0):
-    """Enhance `src` into `dst` frame by frame with `enhancer` (an enhance.Enhancer). Returns a summary:
-    frames, size, audio codecs, and the flicker of the input and the output.
+    """Enhance `src` (a path, or a VideoReader started on one) into `dst` frame by frame with `enhancer` (an
+    enhance.Enhancer). Returns a summary: frames, size, audio codecs, and the flicker of the input and the output.
 
-    Frames are enhanced in a worker thread, FRAMES_IN_FLIGHT ahead of the encoder, so that the network
-    runs while this thread decodes, converts and encodes the frames around it (each of these releases the
-    GIL); the encoder alone keeps a 2-core machine only half busy."""
-    first = first_frame(src)
+    Frames are decoded in the reader's thread and enhanced in a worker thread, FRAMES_IN_FLIGHT ahead of the
+    encoder, so that the network runs while this thread encodes the frames around it (each of these releases
+    the GIL); the encoder alone keeps a 2-core machine only half busy."""
+    path = src.path if isinstance(src, VideoReader) else src
+    first = first_frame(path)
     matrix, deep = display_matrix(first), is_deep(first)
     map_filter = CurveMapEMA(temporal_smoothing) if temporal_smoothing > 0 else None  # one worker: frames in order
     flicker_in, flicker_out = FlickerMeter(), FlickerMeter()
     frames = last_pts = 0
     # The network gets half the cores, the encoder's own threads the rest (see thread_limits).
     with (
-        open_video(src) as inp,
+        src if isinstance(src, VideoReader) else VideoReader(src) as reader,
         video_writer(dst) as out,
         ThreadPoolExecutor(1) as worker,
         thread_limits(torch_threads=max(1, available_cpus() // 2), opencv_threads=0),
     ):
+        inp = reader.container
         vin = inp.streams.video[0]
         rate = vin.average_rate or vin.guessed_rate or 30
         numbered, next_pts = inp.format.name == "avi", vin.start_time or 0
@@ -411,7 +478,7 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
             a.index: a.codec_context.name for a in sound if audio[a.index].codec_context.name != a.codec_context.name
         }
         in_flight = collections.deque()  # (input RGB, pts, future of the enhanced RGB), in display order
-        with tqdm(total=vin.frames or None, unit="frame", desc=Path(src).name, dynamic_ncols=True) as bar:
+        with tqdm(total=vin.frames or None, unit="frame", desc=Path(path).name, dynamic_ncols=True) as bar:
 
             def encode_oldest():
                 pause_point()
@@ -422,9 +489,10 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
                 out.mux(vout.encode(to_video_frame(enhanced, vout, pts, vin.time_base)))
                 bar.update()
 
-            for item in decoded(inp, src, [vin, *sound]):
+            for item in reader:
                 if isinstance(item, av.Packet):
-                    out.mux(audio_packets(item, audio[item.stream.index], item.stream.index in reencoded))
+                    if item.stream.index in audio:  # not for a GIF
+                        out.mux(audio_packets(item, audio[item.stream.index], item.stream.index in reencoded))
                     continue
                 rgb = to_rgb(item, deep)
                 # Raw streams (.h264) carry no timestamps, and AVI none FFmpeg can rely on (it stores frames in
@@ -571,6 +639,14 @@ def main(args):
         return EXIT_SOME_INPUTS_FAILED
 
 
+def load_enhancer(args):
+    """The command line's Enhancer. PyTorch is imported here, not at the top: V2I and I2V never need it, and an
+    enhancing run decodes its first frames while it loads (VideoReader)."""
+    from enhance import Enhancer
+
+    return Enhancer(args.weight_dir, args.scale_factor, args.device, args.precision, weights_argument="--weight_dir")
+
+
 def run_choice(args):
     if args.choice == "V2I":
         count = video_to_frames(args.video_path, frame_path_pattern(args.image_lowlight_folder))
@@ -593,11 +669,9 @@ def run_choice(args):
         refuse_same_file(args.video_path, dst)
         output_kind(dst)  # a format this script cannot write, a FIFO, device or folder: refused before any work
         check_output_path(dst)
-        open_video(args.video_path).close()  # a bad video fails before the network loads
-        enhancer = Enhancer(
-            args.weight_dir, args.scale_factor, args.device, args.precision, weights_argument="--weight_dir"
-        )
-        s = enhance_video(enhancer, args.video_path, dst, args.temporal_smoothing, args.crf, args.preset, args.strength)
+        with VideoReader(args.video_path) as reader:  # a bad video fails before the network loads
+            enhancer = load_enhancer(args)  # while the reader decodes the first frames
+            s = enhance_video(enhancer, reader, dst, args.temporal_smoothing, args.crf, args.preset, args.strength)
         audio = f"audio copied ({', '.join(s['audio'])})" if s["audio"] else "no audio"
         if s["audio_reencoded"]:
             audio += f", {', '.join(s['audio_reencoded'])} re-encoded (the container cannot hold it)"

@@ -262,6 +262,53 @@ def test_interrupted_run_leaves_no_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# Reading ahead
+# ---------------------------------------------------------------------------------------------
+def test_the_reader_gives_the_decoders_items_in_order_within_its_budget(tmp_path):
+    """The same audio packets and frames as decoding in this thread, in file order; however far the reader's thread
+    has got, the frames waiting never exceed the budget by more than one frame."""
+    src = make_clip(tmp_path / "in.mp4", frames=20)
+    with av.open(str(src)) as inp:
+        streams = [inp.streams.video[0], *inp.streams.audio]
+        expected = [
+            (item.stream.type if isinstance(item, av.Packet) else "video", item.pts)
+            for item in mv.decoded(inp, src, streams)
+        ]
+    frame_bytes = 96 * 64 * 3 // 2
+    with mv.VideoReader(src, max_bytes=3 * frame_bytes) as reader:
+        seen = []
+        for item in reader:
+            assert reader.bytes <= 4 * frame_bytes
+            seen.append((item.stream.type if isinstance(item, av.Packet) else "video", item.pts))
+    assert seen == expected and not reader.thread.is_alive()
+
+
+def test_leaving_the_reader_early_stops_its_thread(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=30)
+    with mv.VideoReader(src, max_bytes=1) as reader:
+        next(iter(reader))
+    assert not reader.thread.is_alive()
+
+
+def test_the_frames_workflow_never_imports_torch(tmp_path):
+    """V2I and I2V only split and join frames: PyTorch (1.2 s to import) is loaded only to enhance."""
+    src, frames = make_clip(tmp_path / "in.mp4", audio=False), tmp_path / "f"
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'demo')!r}]\n"
+        "import make_video, option, runtime\n"
+        f"argv = ['--choice', 'V2I', '--video_path', {str(src)!r}, '--image_lowlight_folder', {str(frames)!r}]\n"
+        "assert runtime.run_script(make_video.main, option.get_video_parser(), argv) == 0\n"
+        f"argv = ['--choice', 'I2V', '--image_folder', {str(frames)!r}, '--video_path', {str(src)!r}]\n"
+        "assert runtime.run_script(make_video.main, option.get_video_parser(), argv) == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split()[-1] == "False", done.stderr
+    assert len(list(frames.iterdir())) == 12 and (tmp_path / "f.mp4").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
 # The official frames workflow
 # ---------------------------------------------------------------------------------------------
 def test_v2i_writes_upright_numbered_frames_and_i2v_joins_them_in_numeric_order(tmp_path):
