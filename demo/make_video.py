@@ -69,9 +69,10 @@ def open_video(path):
         raise UserError(f"video not found: {path} (give an existing file, e.g. --video_path clip.mp4)")
     try:
         container = av.open(str(path))
-    except av.error.FFmpegError as e:
+    except Exception as e:  # FFmpeg's errors, and PyAV's own on what FFmpeg read (a tag that is not UTF-8)
+        reason = getattr(e, "strerror", None) or f"{type(e).__name__}: {e}"
         raise UserError(
-            f"{path} is not a readable video ({e.strerror}): not a video file, or a damaged or truncated one"
+            f"{path} is not a readable video ({reason}): not a video file, or a damaged or truncated one"
         ) from None
     if not container.streams.video:
         container.close()
@@ -205,10 +206,16 @@ def is_deep(frame):
 SCALER_THREADS = 1
 
 
-def to_rgb(frame, deep=False):
+def to_rgb(frame, deep=False, source="the video"):
     """(H, W, 3) RGB, uint8 or (deep) uint16, converted with the frame's own matrix and range (BT.709, full
-    range, BT.2020, ...)."""
-    return frame.to_ndarray(format="rgb48le" if deep else "rgb24", threads=SCALER_THREADS)
+    range, BT.2020, ...). A frame FFmpeg's scaler cannot convert is a UserError naming `source`."""
+    try:
+        return frame.to_ndarray(format="rgb48le" if deep else "rgb24", threads=SCALER_THREADS)
+    except av.error.FFmpegError as e:
+        raise UserError(
+            f"{source}: its frames ({frame.format.name}, {frame.width}x{frame.height}) cannot be converted to RGB "
+            f"({e.strerror}); re-encode it, e.g. to H.264"
+        ) from None
 
 
 def upright(rgb, frame):
@@ -494,7 +501,7 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
                     if item.stream.index in audio:  # not for a GIF
                         out.mux(audio_packets(item, audio[item.stream.index], item.stream.index in reencoded))
                     continue
-                rgb = to_rgb(item, deep)
+                rgb = to_rgb(item, deep, path)
                 # Raw streams (.h264) carry no timestamps, and AVI none FFmpeg can rely on (it stores frames in
                 # decoding order; with B-frames its guesses come one frame late and out of order): such
                 # frames follow each other, from the stream's start.
@@ -554,7 +561,7 @@ def video_to_frames(src, pattern):
     with open_video(src) as inp:
         vin = inp.streams.video[0]
         for frame in tqdm(decoded(inp, src, [vin]), total=vin.frames or None, unit="frame", desc="V2I"):
-            write_image(pattern % count, upright(to_rgb(frame), frame))
+            write_image(pattern % count, upright(to_rgb(frame, source=src), frame))
             count += 1
     return count
 

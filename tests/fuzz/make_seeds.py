@@ -1,8 +1,8 @@
 """Writes the fuzzers' seed corpus, tests/fuzz/seeds/: small real files of every kind the targets read
 (each format and its variants: grey, alpha, palette, 16 bits, tiles, EXIF orientation, ICC/XMP, progressive,
-CMYK, frames; and tiny PyTorch checkpoints), a few hundred bytes to a few KB each. Also writes the
-issue's known crashers into tests/fuzz/regressions/. The outputs are committed; run this again only
-to change them:
+CMYK, frames; tiny videos in four containers; and tiny PyTorch checkpoints), a few hundred bytes to a few KB
+each. Also writes the issue's known crashers into tests/fuzz/regressions/. The outputs are committed; run this
+again only to change them:
 
     python tests/fuzz/make_seeds.py
 """
@@ -12,6 +12,7 @@ import struct
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pillow_heif
 import torch
@@ -120,6 +121,33 @@ def checkpoints():
     yield "partial_enhance_net.pth", save_torch(half)
 
 
+def videos():
+    """Three-frame clips: H.264 with AAC in MP4, MPEG-4 in AVI, VP9 in WebM, 10-bit H.264 in Matroska."""
+    kinds = [
+        ("h264_aac.mp4", "mp4", "libx264", "yuv420p", "aac"),
+        ("mpeg4.avi", "avi", "mpeg4", "yuv420p", None),
+        ("vp9.webm", "webm", "libvpx-vp9", "yuv420p", None),
+        ("h264_10bit.mkv", "matroska", "libx264", "yuv420p10le", None),
+    ]
+    for name, container, codec, pix_fmt, audio in kinds:
+        buffer = io.BytesIO()
+        with av.open(buffer, "w", format=container) as out:
+            video = out.add_stream(codec, rate=10)
+            video.width, video.height, video.pix_fmt = 32, 16, pix_fmt
+            sound = out.add_stream(audio, rate=8000, layout="mono") if audio else None
+            for i in range(3):
+                frame = av.VideoFrame.from_ndarray(photo(32, 16, seed=i), format="rgb24").reformat(format=pix_fmt)
+                frame.pts = i
+                out.mux(video.encode(frame))
+            out.mux(video.encode(None))
+            if sound:
+                samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                samples.sample_rate, samples.pts = 8000, 0
+                out.mux(sound.encode(samples))
+                out.mux(sound.encode(None))
+        yield name, buffer.getvalue()
+
+
 def save_torch(obj, **options):
     buffer = io.BytesIO()
     torch.save(obj, buffer, **options)
@@ -147,7 +175,7 @@ def main():
     seeds = HERE / "seeds"
     seeds.mkdir(exist_ok=True)
     total = 0
-    for name, data in [*images(), *checkpoints()]:
+    for name, data in [*images(), *videos(), *checkpoints()]:
         (seeds / name).write_bytes(data)
         total += len(data)
         print(f"{name:32} {len(data):6} bytes")

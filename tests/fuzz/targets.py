@@ -31,6 +31,7 @@ INSTRUMENTED = {
     "metadata": ["image_io", "PIL"],
     "demo": ["image_io", "demo.app"],
     "checkpoint": ["model", "train_utils"],  # and torch's unpickler (benchmarks/fuzz.py: not all of torch, 10x slower)
+    "video": ["make_video", "av"],
 }
 TARGETS = tuple(INSTRUMENTED)
 
@@ -196,6 +197,33 @@ def make_checkpoint():
 
     checkpoint.folder = folder
     return checkpoint
+
+
+def make_video():
+    sys.path.insert(0, str(ROOT / "demo"))
+    import av
+    import make_video as mv
+
+    from runtime import UserError
+
+    folder = tempfile.TemporaryDirectory(prefix="sgz-fuzz-")  # removed with the target
+    path = Path(folder.name) / "fuzz.mp4"
+
+    def video(data):
+        """Bytes as a video file, read as the script reads it (its first frame, then every audio packet and
+        frame through VideoReader, each frame converted to RGB): read through, or a UserError."""
+        path.write_bytes(data)
+        with contextlib.suppress(UserError):
+            first = mv.first_frame(path)
+            mv.display_matrix(first)
+            with mv.VideoReader(path) as reader:
+                for item in reader:
+                    if isinstance(item, av.VideoFrame):
+                        rgb = mv.to_rgb(item, mv.is_deep(item), path)
+                        check(rgb.ndim == 3 and rgb.shape[2] == 3, f"a frame came out as {rgb.shape}")
+
+    video.folder = folder
+    return video
 
 
 def load(name):
