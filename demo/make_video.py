@@ -116,15 +116,6 @@ def ends_early(stream, count, last_pts):
     return (end - last_pts) * stream.time_base > 1.5 / (stream.average_rate or stream.guessed_rate or 30)
 
 
-def first_frame(path):
-    """The first video frame: its side data says how the video is rotated, which the output's
-    header must repeat before anything is written."""
-    with open_video(path) as container:
-        for frame in decoded(container, path, container.streams.video[:1]):
-            return frame
-    raise UserError(f"{path} holds no decodable video frame; give a video file")
-
-
 # Decoded frames waiting for the network, at most (90 frames of 720p, 40 of 1080p, 10 of 4K, in 8-bit 4:2:0).
 READ_AHEAD_BYTES = 128 << 20
 
@@ -156,6 +147,20 @@ class VideoReader:
             self.put(StopIteration(), 0)
         except BaseException as e:  # the consumer raises it
             self.put(e, 0)
+
+    def first_frame(self):
+        """The first video frame, once decoded, left for the iteration: its side data says how the video is
+        rotated, which the output's header must repeat before anything is written."""
+        with self.changed:
+            while True:
+                for item, _ in self.items:
+                    if isinstance(item, av.VideoFrame):
+                        return item
+                    if isinstance(item, StopIteration):
+                        raise UserError(f"{self.path} holds no decodable video frame; give a video file")
+                    if isinstance(item, BaseException):
+                        raise item
+                self.changed.wait()
 
     def put(self, item, size):
         with self.changed:
@@ -448,9 +453,6 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
     Frames are decoded in the reader's thread and enhanced in a worker thread, FRAMES_IN_FLIGHT ahead of the
     encoder, so that the network runs while this thread encodes the frames around it (each of these releases
     the GIL); the encoder alone keeps a 2-core machine only half busy."""
-    path = src.path if isinstance(src, VideoReader) else src
-    first = first_frame(path)
-    matrix, deep = display_matrix(first), is_deep(first)
     map_filter = CurveMapEMA(temporal_smoothing) if temporal_smoothing > 0 else None  # one worker: frames in order
     flicker_in, flicker_out = FlickerMeter(), FlickerMeter()
     frames = last_pts = 0
@@ -461,6 +463,8 @@ def enhance_video(enhancer, src, dst, temporal_smoothing=0.0, crf=18, preset="me
         ThreadPoolExecutor(1) as worker,
         thread_limits(torch_threads=max(1, available_cpus() // 2), opencv_threads=0),
     ):
+        path, first = reader.path, reader.first_frame()
+        matrix, deep = display_matrix(first), is_deep(first)
         inp = reader.container
         vin = inp.streams.video[0]
         rate = vin.average_rate or vin.guessed_rate or 30

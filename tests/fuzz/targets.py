@@ -210,17 +210,15 @@ def make_video():
     path = Path(folder.name) / "fuzz.mp4"
 
     def video(data):
-        """Bytes as a video file, read as the script reads it (its first frame, then every audio packet and
-        frame through VideoReader, each frame converted to RGB): read through, or a UserError."""
+        """Bytes as a video file, read as the script reads it (VideoReader: its first frame, then every audio packet
+        and frame, each frame converted to RGB): read through, or a UserError."""
         path.write_bytes(data)
-        with contextlib.suppress(UserError):
-            first = mv.first_frame(path)
-            mv.display_matrix(first)
-            with mv.VideoReader(path) as reader:
-                for item in reader:
-                    if isinstance(item, av.VideoFrame):
-                        rgb = mv.to_rgb(item, mv.is_deep(item), path)
-                        check(rgb.ndim == 3 and rgb.shape[2] == 3, f"a frame came out as {rgb.shape}")
+        with contextlib.suppress(UserError), mv.VideoReader(path) as reader:
+            mv.display_matrix(reader.first_frame())
+            for item in reader:
+                if isinstance(item, av.VideoFrame):
+                    rgb = mv.to_rgb(item, mv.is_deep(item), path)
+                    check(rgb.ndim == 3 and rgb.shape[2] == 3, f"a frame came out as {rgb.shape}")
 
     video.folder = folder
     return video
