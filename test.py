@@ -14,6 +14,11 @@ corrupt, out of memory, an encoder's error) is reported in one line naming it (r
 SGZ_DEBUG=1 adds the traceback), the others go on, and the run exits 1. Only Ctrl-C and SIGTERM stop it.
 """
 
+import runtime
+
+if __name__ == "__main__":
+    runtime.pause_garbage_collection()  # for the imports and the network's loading; main resumes it
+
 import os
 import shutil
 import sys
@@ -28,7 +33,6 @@ from tqdm import tqdm
 
 import image_io
 import model
-import runtime
 import validate
 from enhance import Enhancer
 from option import get_test_parser
@@ -273,6 +277,7 @@ def main(args):
         allow_corrupt=args.allow_corrupt,
         strength=args.strength,
     )
+    runtime.resume_garbage_collection()
     if args.allow_corrupt:  # Pillow's decoders too (a process-wide switch; the JPEG decoder takes it per call)
         ImageFile.LOAD_TRUNCATED_IMAGES = True
     runtime.interrupt_on_sigterm()

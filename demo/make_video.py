@@ -47,6 +47,7 @@ from runtime import (
     check_output_path,
     contained,
     exit_now,
+    garbage_collection_paused,
     input_failure,
     interrupt_on_sigterm,
     pause_point,
@@ -653,9 +654,12 @@ def main(args):
 def load_enhancer(args):
     """The command line's Enhancer. PyTorch is imported here, not at the top: V2I and I2V never need it, and an
     enhancing run decodes its first frames while it loads (VideoReader)."""
-    from enhance import Enhancer
+    with garbage_collection_paused():  # PyTorch's 300,000 objects: see runtime.pause_garbage_collection
+        from enhance import Enhancer
 
-    return Enhancer(args.weight_dir, args.scale_factor, args.device, args.precision, weights_argument="--weight_dir")
+        return Enhancer(
+            args.weight_dir, args.scale_factor, args.device, args.precision, weights_argument="--weight_dir"
+        )
 
 
 def run_choice(args):
