@@ -20,6 +20,7 @@ left out, the others make the video, and the run exits 1.
 import collections
 import contextlib
 import itertools
+import math
 import os
 import re
 import sys
@@ -197,9 +198,21 @@ class VideoReader:
 
 
 def display_matrix(frame):
-    """The frame's display matrix (rotation, flips) as FFmpeg's 9 ints, or None."""
-    side_data = frame.side_data.get("DISPLAYMATRIX")
+    """The frame's display matrix (rotation, flips) as FFmpeg's 9 ints, or None. Where PyAV cannot list the
+    frame's side data (one of a type it does not know), the matrix of the frame's rotation (a flip is lost)."""
+    try:
+        side_data = frame.side_data.get("DISPLAYMATRIX")
+    except ValueError:
+        return rotation_matrix(frame.rotation) if frame.rotation else None
     return None if side_data is None else np.frombuffer(bytes(side_data), dtype=np.int32).tolist()
+
+
+def rotation_matrix(degrees):
+    """The display matrix of a rotation by `degrees` as VideoFrame.rotation reports it (16.16 fixed point, as
+    FFmpeg's av_display_rotation_set writes it)."""
+    radians = math.radians(degrees)
+    cos, sin = round(math.cos(radians) * (1 << 16)), round(math.sin(radians) * (1 << 16))
+    return [cos, -sin, 0, sin, cos, 0, 0, 0, 1 << 30]
 
 
 def is_deep(frame):

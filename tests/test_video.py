@@ -133,6 +133,15 @@ def test_variable_frame_rate_timestamps_and_duration_survive(tmp_path):
     assert after == before
 
 
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_the_matrix_made_from_a_rotation_is_the_files_own(tmp_path, rotation):
+    """Where PyAV cannot list a frame's side data, display_matrix builds the matrix from the frame's rotation:
+    the same 9 numbers as the file's own."""
+    with mv.VideoReader(make_clip(tmp_path / "rot.mp4", rotation=rotation, audio=False)) as reader:
+        first = reader.first_frame()
+        assert mv.rotation_matrix(first.rotation) == mv.display_matrix(first)
+
+
 def test_rotation_is_carried_over(tmp_path):
     src = make_clip(tmp_path / "rot.mp4", rotation=90, audio=False)
     mv.enhance_video(Identity(), src, tmp_path / "out.mp4")
