@@ -82,7 +82,26 @@ def open_video(path):
     if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # FFmpeg reads a photo as
         container.close()  # a one-frame video
         raise UserError(f"{path} is a still image, not a video; enhance photos with test.py")
+    codec = container.streams.video[0].codec_context
+    if codec is None:  # a codec FFmpeg does not know
+        container.close()
+        raise UserError(f"{path}: its video is in a format FFmpeg cannot decode; re-encode it, e.g. to H.264")
+    if codec.width * codec.height > MAX_FRAME_PIXELS:
+        container.close()
+        raise UserError(too_large(path, codec.width, codec.height))
     return container
+
+
+# The largest frame this script takes: 8K video has 33 megapixels a frame; a header that declares more than twice
+# that belongs to a damaged or forged file, whose frames would take GBs to decode and enhance.
+MAX_FRAME_PIXELS = 8192 * 8192
+
+
+def too_large(path, width, height):
+    return (
+        f"{path}: its frames are {width}x{height} pixels, more than the {MAX_FRAME_PIXELS / 1e6:.0f} megapixels "
+        "this script enhances (8K video has 33); a damaged file, or scale it down first"
+    )
 
 
 def decoded(container, path, streams):
@@ -93,6 +112,8 @@ def decoded(container, path, streams):
         for packet in container.demux(*streams):
             if packet.stream.type == "video":
                 for frame in packet.decode():
+                    if frame.width * frame.height > MAX_FRAME_PIXELS:  # a size the header did not declare
+                        raise UserError(too_large(path, frame.width, frame.height))
                     count, last_pts = count + 1, frame.pts
                     yield frame
             elif packet.dts is not None:  # demux ends each stream with an empty flush packet
@@ -194,6 +215,7 @@ class VideoReader:
             self.stopped = True
             self.changed.notify_all()
         self.thread.join()
+        self.items.clear()  # frames not taken: freed now, not when a decoder error's traceback is collected
         self.container.close()
 
 

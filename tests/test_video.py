@@ -292,6 +292,17 @@ def test_the_reader_gives_the_decoders_items_in_order_within_its_budget(tmp_path
     assert seen == expected and not reader.thread.is_alive()
 
 
+def test_frames_larger_than_the_limit_are_refused_in_one_line(tmp_path, monkeypatch):
+    """A header that declares frames over MAX_FRAME_PIXELS (a damaged or forged file) is refused before any frame
+    is decoded; so is a decoded frame over it that the header did not declare."""
+    src = make_clip(tmp_path / "in.mp4")
+    monkeypatch.setattr(mv, "MAX_FRAME_PIXELS", 96 * 64 - 1)
+    with pytest.raises(UserError, match=r"in.mp4: its frames are 96x64 pixels, more than"):
+        mv.VideoReader(src)
+    with av.open(str(src)) as inp, pytest.raises(UserError, match="its frames are 96x64 pixels"):
+        list(mv.decoded(inp, src, inp.streams.video[:1]))
+
+
 def test_leaving_the_reader_early_stops_its_thread(tmp_path):
     src = make_clip(tmp_path / "in.mp4", frames=30)
     with mv.VideoReader(src, max_bytes=1) as reader:
